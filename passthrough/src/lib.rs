@@ -1,0 +1,1 @@
+//! Device passthrough on iommufd.

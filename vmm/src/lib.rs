@@ -1,0 +1,3 @@
+//! The VMM library: builds and runs a VM.
+pub mod arch;
+pub mod loader;
