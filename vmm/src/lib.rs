@@ -1,3 +1,16 @@
-//! The VMM library: builds and runs a VM.
+//! The VMM library: builds a KVM virtual machine from a configuration and runs it.
+//!
+//! Read top-down: [`cli`] and [`config`] say what the user asked for, [`builder`] puts the
+//! VM together, [`vstate`] holds the KVM objects, [`arch`] the per-architecture boot state,
+//! [`loader`] puts kernels into guest memory. Devices live in the `devices` crate and
+//! passthrough in the `passthrough` crate.
+#![deny(missing_docs)]
+
 pub mod arch;
+pub mod builder;
+pub mod cli;
+pub mod config;
 pub mod loader;
+pub mod logger;
+pub mod signals;
+pub mod vstate;

@@ -1,0 +1,132 @@
+//! Host-KVM tests: the real `vmm` binary boots the in-tree tiny guest on /dev/kvm.
+//!
+//! This host's KVM runs only small freestanding guests (see RIG.md §1), which is what the tiny
+//! guest is. Each test says why it skips when /dev/kvm cannot be opened.
+#![cfg(target_arch = "x86_64")]
+
+use std::process::{Command, Output};
+
+use vmm_tests::{kvm_available, scratch, TINY_GUEST_ELF32, TINY_GUEST_ELF64};
+
+const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+
+macro_rules! require_kvm {
+    () => {
+        if !kvm_available() {
+            eprintln!("SKIPPED: /dev/kvm cannot be opened read-write on this host");
+            return;
+        }
+    };
+}
+
+fn boot(kernel: &str, vcpus: u32, memory: &str, cmdline: &str) -> Output {
+    Command::new(VMM)
+        .args(["--kernel", kernel, "--memory", memory, "--cmdline", cmdline])
+        .args(["--vcpus", &vcpus.to_string()])
+        .output()
+        .expect("cannot run the vmm binary")
+}
+
+/// The value after `key=` on the guest line starting with `prefix`.
+fn field<'a>(out: &'a str, prefix: &str, key: &str) -> Option<&'a str> {
+    let line = out.lines().find(|l| l.starts_with(prefix))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn check_guest(out: &Output, vcpus: u32, mem_mib: u64, code: i32) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ctx = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("tiny-guest: hello"), "{ctx}");
+    assert!(stdout.contains("tiny-guest: long mode ok"), "{ctx}");
+    assert_eq!(
+        field(&stdout, "tiny-guest: fw_cfg", "ram"),
+        Some(format!("{mem_mib}M").as_str()),
+        "{ctx}"
+    );
+    assert_eq!(
+        field(&stdout, "tiny-guest: fw_cfg", "cpus"),
+        Some(vcpus.to_string().as_str()),
+        "{ctx}"
+    );
+    assert_eq!(
+        field(&stdout, "tiny-guest: cpus", "online"),
+        Some(vcpus.to_string().as_str()),
+        "{ctx}"
+    );
+    // The multiboot memory map must describe all RAM but the 640K-1M hole (rounded down).
+    let mmap: u64 = field(&stdout, "tiny-guest: mmap", "ram")
+        .and_then(|v| v.strip_suffix('M'))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mmap line\n{ctx}"));
+    assert_eq!(mmap, mem_mib - 1, "{ctx}");
+    let upper = field(&stdout, "tiny-guest: multiboot", "mem_upper");
+    let expect_upper = format!("{}K", (mem_mib.min(3 * 1024) - 1) * 1024);
+    assert_eq!(upper, Some(expect_upper.as_str()), "{ctx}");
+    assert_eq!(out.status.code(), Some((code << 1) | 1), "{ctx}");
+}
+
+#[test]
+fn boots_tiny_guest_1_vcpu_64m() {
+    require_kvm!();
+    let out = boot(TINY_GUEST_ELF64, 1, "64M", "exit=3");
+    check_guest(&out, 1, 64, 3);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("tiny-guest: cmdline=exit=3"), "{stdout}");
+}
+
+#[test]
+fn boots_tiny_guest_2_vcpus_256m() {
+    require_kvm!();
+    let out = boot(TINY_GUEST_ELF64, 2, "256M", "exit=5");
+    check_guest(&out, 2, 256, 5);
+}
+
+#[test]
+fn boots_tiny_guest_2_vcpus_64m_elf32() {
+    require_kvm!();
+    let out = boot(TINY_GUEST_ELF32, 2, "64M", "exit=9");
+    check_guest(&out, 2, 64, 9);
+}
+
+#[test]
+fn boots_tiny_guest_1_vcpu_256m_memfd() {
+    require_kvm!();
+    let out = Command::new(VMM)
+        .args(["--kernel", TINY_GUEST_ELF64, "--memory", "256M", "--memfd"])
+        .args(["--cmdline", "exit=4"])
+        .output()
+        .unwrap();
+    check_guest(&out, 1, 256, 4);
+}
+
+#[test]
+fn serial_to_file_and_off() {
+    require_kvm!();
+    let log = scratch("serial.log");
+    let out = Command::new(VMM)
+        .args(["--kernel", TINY_GUEST_ELF64, "--memory", "64M"])
+        .args(["--serial", &format!("file={}", log.display())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(text.contains("tiny-guest: exit code=0"), "{text}");
+
+    let out = Command::new(VMM)
+        .args([
+            "--kernel",
+            TINY_GUEST_ELF64,
+            "--memory",
+            "64M",
+            "--serial",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+}

@@ -1,0 +1,166 @@
+//! The command-line launcher's arguments, turned into a [`VmConfig`].
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{ConfigError, MemoryBackend, SerialConfig, Size, VmConfig};
+
+const AFTER_HELP: &str = "\
+Examples:
+  Boot a Linux kernel with an initramfs, 2 vCPUs and 512 MiB of RAM:
+    vmm --kernel bzImage --initrd initramfs.cpio.gz --cmdline 'console=ttyS0' --vcpus 2 --memory 512M
+
+  Boot a multiboot test kernel and keep its serial output in a file:
+    vmm --kernel tiny-guest.elf --serial file=/tmp/guest.log
+
+Kernel formats: Linux bzImage, ELF vmlinux (64-bit boot protocol), and multiboot v1 ELF32/ELF64
+images (the initrd becomes multiboot module 0).
+
+Exit status: 0 when the guest powers off or resets (i8042 reset); (code << 1) | 1 when the guest
+writes a 32-bit code to the exit port 0xf4 (the test-kernel convention); 128+N when stopped by
+signal N (SIGINT, SIGTERM); 2 when the VMM could not start or the guest crashed (the reason is
+printed on stderr).";
+
+/// A small VMM whose heart is device passthrough on iommufd.
+#[derive(Debug, Parser)]
+#[command(name = "vmm", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Kernel image to boot (bzImage, ELF vmlinux, or multiboot ELF).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initial ramdisk (Linux) or first module (multiboot).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+
+    /// Guest RAM: a number with K, M, G or T suffix; a bare number is MiB.
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    pub memory: String,
+
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u32,
+
+    /// Where the guest's serial port (COM1) goes: stdio, off, or file=PATH.
+    #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio")]
+    pub serial: String,
+
+    /// Back guest RAM with a memfd instead of anonymous memory.
+    #[arg(long)]
+    pub memfd: bool,
+
+    /// Back guest RAM with 2 MiB hugetlb pages (the host must have them reserved).
+    #[arg(long)]
+    pub hugepages: bool,
+
+    /// Log level on stderr: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = parse_level)]
+    pub log_level: log::LevelFilter,
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse().map_err(|_| {
+        format!("'{s}' is not a log level: use off, error, warn, info, debug or trace")
+    })
+}
+
+impl Cli {
+    /// Turns parsed arguments into a configuration (host limits are checked later).
+    pub fn into_config(self) -> Result<VmConfig, ConfigError> {
+        let memory: Size = self.memory.parse()?;
+        let serial: SerialConfig = self.serial.parse()?;
+        Ok(VmConfig {
+            kernel: self.kernel,
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            memory: memory.0,
+            vcpus: self.vcpus,
+            serial,
+            backend: if self.memfd {
+                MemoryBackend::Memfd
+            } else {
+                MemoryBackend::Anonymous
+            },
+            hugepages: self.hugepages,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MIB;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vmm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--kernel", "k"]).unwrap().into_config().unwrap();
+        assert_eq!(c.kernel, PathBuf::from("k"));
+        assert_eq!(c.memory, 512 * MIB);
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.serial, SerialConfig::Stdio);
+        assert_eq!(c.backend, MemoryBackend::Anonymous);
+        assert!(!c.hugepages);
+        assert_eq!(c.cmdline, "");
+        assert_eq!(c.initrd, None);
+    }
+
+    #[test]
+    fn all_options() {
+        let c = parse(&[
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+            "--cmdline",
+            "console=ttyS0 exit=3",
+            "--memory",
+            "64M",
+            "--vcpus",
+            "2",
+            "--serial",
+            "file=/tmp/s",
+            "--memfd",
+            "--hugepages",
+            "--log-level",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        let c = c.into_config().unwrap();
+        assert_eq!(c.initrd, Some(PathBuf::from("i")));
+        assert_eq!(c.cmdline, "console=ttyS0 exit=3");
+        assert_eq!(c.memory, 64 * MIB);
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.serial, SerialConfig::File(PathBuf::from("/tmp/s")));
+        assert_eq!(c.backend, MemoryBackend::Memfd);
+        assert!(c.hugepages);
+    }
+
+    #[test]
+    fn kernel_is_required() {
+        assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(parse(&["--kernel", "k", "--vcpus", "-1"]).is_err());
+        assert!(parse(&["--kernel", "k", "--vcpus", "two"]).is_err());
+        assert!(parse(&["--kernel", "k", "--log-level", "loud"]).is_err());
+        let c = parse(&["--kernel", "k", "--memory", "lots"]).unwrap();
+        assert!(matches!(c.into_config(), Err(ConfigError::InvalidSize(_))));
+        let c = parse(&["--kernel", "k", "--serial", "tty"]).unwrap();
+        assert!(matches!(
+            c.into_config(),
+            Err(ConfigError::InvalidSerial(_))
+        ));
+    }
+}

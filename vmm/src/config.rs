@@ -1,0 +1,329 @@
+//! What the user asked for: the VM's configuration, validated before anything is built.
+//!
+//! This module does not touch KVM or the host; limits that depend on the host (how many vCPUs
+//! KVM allows, how much RAM the host has) are checked in [`crate::builder`] through
+//! [`HostLimits`], so that every check here is a pure function and unit-tested.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// Bytes in a KiB, MiB, GiB, TiB.
+pub const KIB: u64 = 1 << 10;
+/// Bytes in a MiB.
+pub const MIB: u64 = 1 << 20;
+/// Bytes in a GiB.
+pub const GIB: u64 = 1 << 30;
+/// Bytes in a TiB.
+pub const TIB: u64 = 1 << 40;
+
+/// The smallest guest RAM we accept: room for the boot structures below 1 MiB and a kernel.
+pub const MIN_MEMORY: u64 = 8 * MIB;
+/// 2 MiB: the huge page size RAM sizes are rounded to when hugepages are asked for.
+pub const HUGE_PAGE_2M: u64 = 2 * MIB;
+
+/// Errors in the configuration.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A size string that is not a number with an optional K/M/G/T suffix.
+    #[error("invalid size '{0}': use a number with an optional K, M, G or T suffix (e.g. 512M, 2G); a bare number means MiB")]
+    InvalidSize(String),
+    /// Zero or too little guest RAM.
+    #[error("--memory {0} is too small: the guest needs at least {min} MiB", min = MIN_MEMORY / MIB)]
+    MemoryTooSmall(Size),
+    /// RAM size not a multiple of the page size in use.
+    #[error(
+        "--memory {size} is not a multiple of the {page} page size; round it (e.g. to a whole MiB)"
+    )]
+    MemoryNotAligned {
+        /// Requested size.
+        size: Size,
+        /// Page size it must be a multiple of.
+        page: Size,
+    },
+    /// More RAM than the host has.
+    #[error("--memory {asked} is more than the host can give ({host} available); ask for less")]
+    MemoryTooLarge {
+        /// Requested size.
+        asked: Size,
+        /// What the host has.
+        host: Size,
+    },
+    /// Zero vCPUs.
+    #[error("--vcpus 0: a VM needs at least one vCPU")]
+    NoVcpus,
+    /// More vCPUs than KVM or the boot protocols allow.
+    #[error("--vcpus {asked} is above the limit of {limit} on this host; ask for at most {limit}")]
+    TooManyVcpus {
+        /// Requested count.
+        asked: u32,
+        /// The effective limit.
+        limit: u32,
+    },
+    /// A serial spec that is not stdio, off or file=PATH.
+    #[error("invalid --serial '{0}': use stdio, off or file=PATH")]
+    InvalidSerial(String),
+}
+
+/// A byte count that prints in the largest whole binary unit (512M, 2G, 1536M).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (unit, suffix) in [(TIB, "T"), (GIB, "G"), (MIB, "M"), (KIB, "K")] {
+            if b >= unit && b.is_multiple_of(unit) {
+                return write!(f, "{}{}", b / unit, suffix);
+            }
+        }
+        write!(f, "{}B", b)
+    }
+}
+
+impl FromStr for Size {
+    type Err = ConfigError;
+
+    /// Parses `512M`, `2G`, `1536m`, `64K`, `1T`, `4096B`; a bare number is MiB (as QEMU's -m).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::InvalidSize(s.to_string());
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, suffix) = t.split_at(split);
+        if num.is_empty() {
+            return Err(bad());
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let unit = match suffix.to_ascii_uppercase().as_str() {
+            "" | "M" | "MB" | "MIB" => MIB,
+            "B" => 1,
+            "K" | "KB" | "KIB" => KIB,
+            "G" | "GB" | "GIB" => GIB,
+            "T" | "TB" | "TIB" => TIB,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(unit).map(Size).ok_or_else(bad)
+    }
+}
+
+/// Where the guest's 16550 serial port output goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SerialConfig {
+    /// The VMM's standard output.
+    #[default]
+    Stdio,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// Discarded (the port still exists so the guest does not hang on it).
+    Off,
+}
+
+impl FromStr for SerialConfig {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdio" => Ok(SerialConfig::Stdio),
+            "off" => Ok(SerialConfig::Off),
+            _ => match s.strip_prefix("file=") {
+                Some(p) if !p.is_empty() => Ok(SerialConfig::File(PathBuf::from(p))),
+                _ => Err(ConfigError::InvalidSerial(s.to_string())),
+            },
+        }
+    }
+}
+
+/// How guest RAM is backed on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryBackend {
+    /// Private anonymous memory (transparent huge pages advised).
+    #[default]
+    Anonymous,
+    /// A memfd, so the RAM can be mapped by file (iommufd MAP_FILE) and shared.
+    Memfd,
+}
+
+/// Everything needed to build and run a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image: bzImage, ELF vmlinux or a multiboot ELF.
+    pub kernel: PathBuf,
+    /// Optional initrd (a multiboot module for multiboot kernels).
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Serial output.
+    pub serial: SerialConfig,
+    /// RAM backing.
+    pub backend: MemoryBackend,
+    /// Back RAM with 2 MiB hugetlb pages.
+    pub hugepages: bool,
+}
+
+/// Host facts that bound a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    /// Most vCPUs a VM may have (KVM's limit, capped by what the boot protocols address).
+    pub max_vcpus: u32,
+    /// RAM the host can give a guest, in bytes.
+    pub max_memory: u64,
+}
+
+impl VmConfig {
+    /// Checks the configuration against itself and the host's limits.
+    pub fn validate(&self, host: &HostLimits) -> Result<(), ConfigError> {
+        if self.vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if self.vcpus > host.max_vcpus {
+            return Err(ConfigError::TooManyVcpus {
+                asked: self.vcpus,
+                limit: host.max_vcpus,
+            });
+        }
+        if self.memory < MIN_MEMORY {
+            return Err(ConfigError::MemoryTooSmall(Size(self.memory)));
+        }
+        let page = if self.hugepages {
+            HUGE_PAGE_2M
+        } else {
+            4 * KIB
+        };
+        if !self.memory.is_multiple_of(page) {
+            return Err(ConfigError::MemoryNotAligned {
+                size: Size(self.memory),
+                page: Size(page),
+            });
+        }
+        if self.memory > host.max_memory {
+            return Err(ConfigError::MemoryTooLarge {
+                asked: Size(self.memory),
+                host: Size(host.max_memory),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VmConfig {
+        VmConfig {
+            kernel: PathBuf::from("k"),
+            initrd: None,
+            cmdline: String::new(),
+            memory: 512 * MIB,
+            vcpus: 2,
+            serial: SerialConfig::Stdio,
+            backend: MemoryBackend::Anonymous,
+            hugepages: false,
+        }
+    }
+
+    const HOST: HostLimits = HostLimits {
+        max_vcpus: 8,
+        max_memory: 4 * GIB,
+    };
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!("512M".parse::<Size>(), Ok(Size(512 * MIB)));
+        assert_eq!("512".parse::<Size>(), Ok(Size(512 * MIB)));
+        assert_eq!("2g".parse::<Size>(), Ok(Size(2 * GIB)));
+        assert_eq!("64K".parse::<Size>(), Ok(Size(64 * KIB)));
+        assert_eq!("1T".parse::<Size>(), Ok(Size(TIB)));
+        assert_eq!("4096B".parse::<Size>(), Ok(Size(4096)));
+        assert_eq!("1GiB".parse::<Size>(), Ok(Size(GIB)));
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected() {
+        for s in [
+            "",
+            "M",
+            "12X",
+            "-5M",
+            "1.5G",
+            "99999999999999999999T",
+            "18446744073709551615G",
+        ] {
+            assert!(
+                matches!(s.parse::<Size>(), Err(ConfigError::InvalidSize(_))),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn size_display_uses_largest_unit() {
+        assert_eq!(Size(512 * MIB).to_string(), "512M");
+        assert_eq!(Size(1536 * MIB).to_string(), "1536M");
+        assert_eq!(Size(2 * GIB).to_string(), "2G");
+        assert_eq!(Size(1000).to_string(), "1000B");
+    }
+
+    #[test]
+    fn serial_specs() {
+        assert_eq!("stdio".parse(), Ok(SerialConfig::Stdio));
+        assert_eq!("off".parse(), Ok(SerialConfig::Off));
+        assert_eq!(
+            "file=/tmp/x".parse(),
+            Ok(SerialConfig::File(PathBuf::from("/tmp/x")))
+        );
+        assert!("file=".parse::<SerialConfig>().is_err());
+        assert!("tty".parse::<SerialConfig>().is_err());
+    }
+
+    #[test]
+    fn validate_accepts_sane_config() {
+        assert_eq!(cfg().validate(&HOST), Ok(()));
+    }
+
+    #[test]
+    fn validate_rejects_bad_vcpus() {
+        let mut c = cfg();
+        c.vcpus = 0;
+        assert_eq!(c.validate(&HOST), Err(ConfigError::NoVcpus));
+        c.vcpus = 9;
+        assert_eq!(
+            c.validate(&HOST),
+            Err(ConfigError::TooManyVcpus { asked: 9, limit: 8 })
+        );
+    }
+
+    #[test]
+    fn validate_rejects_bad_memory() {
+        let mut c = cfg();
+        c.memory = 0;
+        assert!(matches!(
+            c.validate(&HOST),
+            Err(ConfigError::MemoryTooSmall(_))
+        ));
+        c.memory = 8 * GIB;
+        assert!(matches!(
+            c.validate(&HOST),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
+        c.memory = 64 * MIB + 1;
+        assert!(matches!(
+            c.validate(&HOST),
+            Err(ConfigError::MemoryNotAligned { .. })
+        ));
+        c.memory = 65 * MIB;
+        c.hugepages = true;
+        assert!(matches!(
+            c.validate(&HOST),
+            Err(ConfigError::MemoryNotAligned { .. })
+        ));
+        c.memory = 64 * MIB;
+        assert_eq!(c.validate(&HOST), Ok(()));
+    }
+}

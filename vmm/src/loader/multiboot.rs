@@ -1,0 +1,901 @@
+//! Multiboot v1 (GNU Multiboot Specification 0.6.96): finds the header, loads the image from
+//! its ELF32/ELF64 program headers (or from the header's address fields, the "a.out kludge"),
+//! and builds the multiboot information structure with memory sizes, command line, the initrd
+//! as module 0, the memory map and the boot loader name.
+//!
+//! Not provided: video modes (header flag 2), boot device, symbol tables, drives, APM, VBE and
+//! framebuffer information. Kernels that require them are refused with an error.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::mem::size_of;
+
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+
+use super::elf::{self, ElfImage};
+use super::{
+    align_up, check_cmdline, in_ram, write_guest, BootConfig, BootEntry, Initrd, LoaderError,
+};
+use crate::arch::x86_64::layout::{
+    e820_entries, mem_lower_kib, mem_upper_kib, E820Entry, CMDLINE_MAX_SIZE, CMDLINE_START,
+    HIMEM_START, MULTIBOOT_INFO_END, MULTIBOOT_INFO_START, PAGE_SIZE,
+};
+
+/// Magic value that starts a multiboot v1 header.
+pub const HEADER_MAGIC: u32 = 0x1BAD_B002;
+/// The header must lie entirely within this many bytes from the start of the file.
+const HEADER_SEARCH_LIMIT: usize = 8192;
+/// Header flag 0: align modules on page boundaries (we always do).
+const HF_PAGE_ALIGN: u32 = 1 << 0;
+/// Header flag 1: provide memory information (we always do).
+const HF_MEMORY_INFO: u32 = 1 << 1;
+/// Header flag 2: provide a video mode table (unsupported).
+const HF_VIDEO_MODE: u32 = 1 << 2;
+/// Header flag 16: the address fields are valid and override the executable format.
+const HF_AOUT_KLUDGE: u32 = 1 << 16;
+/// Flags 0-15 are requirements the loader must honour or refuse the image.
+const HF_REQUIRED_MASK: u32 = 0xFFFF;
+
+/// Info flag: `mem_lower`/`mem_upper` valid.
+pub const MBI_MEMORY: u32 = 1 << 0;
+/// Info flag: `cmdline` valid.
+pub const MBI_CMDLINE: u32 = 1 << 2;
+/// Info flag: `mods_count`/`mods_addr` valid.
+pub const MBI_MODS: u32 = 1 << 3;
+/// Info flag: `mmap_length`/`mmap_addr` valid.
+pub const MBI_MMAP: u32 = 1 << 6;
+/// Info flag: `boot_loader_name` valid.
+pub const MBI_BOOT_LOADER_NAME: u32 = 1 << 9;
+/// Name passed in `boot_loader_name`.
+pub const BOOT_LOADER_NAME: &str = "iommufd-vmm";
+
+const FOUR_GIB: u64 = 1 << 32;
+
+/// Errors specific to multiboot kernels.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MultibootError {
+    /// A magic value was found but no header checksum matched.
+    #[error(
+        "the multiboot header at offset {0:#x} has a bad checksum (magic + flags + checksum must \
+         be 0); fix the kernel's multiboot header"
+    )]
+    BadChecksum(usize),
+    /// Header flag 2 (video mode) is set.
+    #[error(
+        "the multiboot header requires a video mode (flag 2), but this VMM has no display; \
+         drop MULTIBOOT_VIDEO_MODE from the kernel's header flags"
+    )]
+    VideoMode,
+    /// Unknown required flags.
+    #[error(
+        "the multiboot header requires unsupported features (flags {0:#x} in bits 0-15); only \
+         bits 0 and 1 are supported"
+    )]
+    UnsupportedFlags(u32),
+    /// Flag 16 set but the header is cut off.
+    #[error(
+        "the multiboot header sets flag 16 but its address fields lie past 8 KiB or the file end"
+    )]
+    HeaderTruncated,
+    /// Inconsistent a.out kludge addresses.
+    #[error(
+        "the multiboot header's address fields are inconsistent ({0}); fix the kernel's header"
+    )]
+    BadAddresses(&'static str),
+    /// Neither ELF nor the a.out kludge.
+    #[error(
+        "the kernel has a multiboot header but is not ELF and does not set flag 16 (address \
+         fields); link it as ELF or fill in the header's address fields"
+    )]
+    NoAddressInfo,
+    /// A segment outside usable RAM.
+    #[error(
+        "a kernel segment needs guest RAM at {addr:#x}..{end:#x}, which is not usable RAM \
+         between 1 MiB and 4 GiB; give the VM more memory or link the kernel at 1 MiB or above"
+    )]
+    SegmentOutsideRam {
+        /// Load address.
+        addr: u64,
+        /// End (exclusive).
+        end: u64,
+    },
+    /// The entry point is not reachable in 32-bit mode.
+    #[error("the kernel entry point {0:#x} is above 4 GiB; a multiboot entry must be 32-bit")]
+    EntryAbove4G(u64),
+    /// The information structure overflows its area.
+    #[error(
+        "the multiboot information needs {needed} bytes but only {max} fit; use a shorter initrd \
+         file name or fewer memory regions"
+    )]
+    InfoTooLarge {
+        /// Bytes required.
+        needed: usize,
+        /// Bytes available.
+        max: usize,
+    },
+}
+
+fn mb_err(cfg: &BootConfig, source: MultibootError) -> LoaderError {
+    LoaderError::Multiboot {
+        path: cfg.kernel.to_path_buf(),
+        source,
+    }
+}
+
+/// Address fields of a header with flag 16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AoutKludge {
+    /// Physical address of the header itself.
+    pub header_addr: u32,
+    /// Physical address of the start of the text segment.
+    pub load_addr: u32,
+    /// End of the data loaded from the file (0: to the end of the file).
+    pub load_end_addr: u32,
+    /// End of the bss (0: no bss).
+    pub bss_end_addr: u32,
+    /// Entry point.
+    pub entry_addr: u32,
+}
+
+/// A valid multiboot v1 header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// File offset of the magic.
+    pub offset: usize,
+    /// Header flags.
+    pub flags: u32,
+    /// Address fields, if flag 16 is set.
+    pub kludge: Option<AoutKludge>,
+}
+
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    let bytes = b.get(off..off.checked_add(4)?)?;
+    Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+/// Looks for a multiboot header in `head` (the first bytes of the file): `None` if there is no
+/// magic at a 4-byte-aligned offset in the first 8 KiB, an error if the first header whose
+/// checksum matches cannot be honoured or if no checksum matches.
+pub fn find_header(head: &[u8]) -> Option<Result<Header, MultibootError>> {
+    let head = &head[..head.len().min(HEADER_SEARCH_LIMIT)];
+    let mut bad_checksum = None;
+    for offset in (0..head.len().saturating_sub(11)).step_by(4) {
+        if u32_at(head, offset) != Some(HEADER_MAGIC) {
+            continue;
+        }
+        let (Some(flags), Some(checksum)) = (u32_at(head, offset + 4), u32_at(head, offset + 8))
+        else {
+            continue;
+        };
+        if HEADER_MAGIC.wrapping_add(flags).wrapping_add(checksum) != 0 {
+            bad_checksum.get_or_insert(offset);
+            continue;
+        }
+        return Some(parse_header(head, offset, flags));
+    }
+    bad_checksum.map(|offset| Err(MultibootError::BadChecksum(offset)))
+}
+
+fn parse_header(head: &[u8], offset: usize, flags: u32) -> Result<Header, MultibootError> {
+    let unsupported = flags & HF_REQUIRED_MASK & !(HF_PAGE_ALIGN | HF_MEMORY_INFO);
+    if unsupported & HF_VIDEO_MODE != 0 {
+        return Err(MultibootError::VideoMode);
+    }
+    if unsupported != 0 {
+        return Err(MultibootError::UnsupportedFlags(unsupported));
+    }
+    let kludge = if flags & HF_AOUT_KLUDGE != 0 {
+        let field =
+            |i: usize| u32_at(head, offset + 12 + 4 * i).ok_or(MultibootError::HeaderTruncated);
+        Some(AoutKludge {
+            header_addr: field(0)?,
+            load_addr: field(1)?,
+            load_end_addr: field(2)?,
+            bss_end_addr: field(3)?,
+            entry_addr: field(4)?,
+        })
+    } else {
+        None
+    };
+    Ok(Header {
+        offset,
+        flags,
+        kludge,
+    })
+}
+
+/// The multiboot information structure (spec section 3.3), 116 bytes.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MultibootInfo {
+    /// Which fields are valid (`MBI_*`).
+    pub flags: u32,
+    /// KiB of RAM from 0.
+    pub mem_lower: u32,
+    /// KiB of RAM from 1 MiB.
+    pub mem_upper: u32,
+    /// BIOS boot device (unused).
+    pub boot_device: u32,
+    /// Address of the NUL-terminated command line.
+    pub cmdline: u32,
+    /// Number of modules.
+    pub mods_count: u32,
+    /// Address of the first [`MultibootModule`].
+    pub mods_addr: u32,
+    /// a.out/ELF symbol information (unused).
+    pub syms: [u32; 4],
+    /// Bytes of memory map.
+    pub mmap_length: u32,
+    /// Address of the first [`MultibootMmapEntry`].
+    pub mmap_addr: u32,
+    /// Drive table length (unused).
+    pub drives_length: u32,
+    /// Drive table address (unused).
+    pub drives_addr: u32,
+    /// ROM configuration table (unused).
+    pub config_table: u32,
+    /// Address of the NUL-terminated boot loader name.
+    pub boot_loader_name: u32,
+    /// APM table (unused).
+    pub apm_table: u32,
+    /// VBE control info (unused).
+    pub vbe_control_info: u32,
+    /// VBE mode info (unused).
+    pub vbe_mode_info: u32,
+    /// VBE mode (unused).
+    pub vbe_mode: u16,
+    /// VBE interface segment (unused).
+    pub vbe_interface_seg: u16,
+    /// VBE interface offset (unused).
+    pub vbe_interface_off: u16,
+    /// VBE interface length (unused).
+    pub vbe_interface_len: u16,
+    /// Framebuffer address (unused).
+    pub framebuffer_addr: u64,
+    /// Framebuffer pitch (unused).
+    pub framebuffer_pitch: u32,
+    /// Framebuffer width (unused).
+    pub framebuffer_width: u32,
+    /// Framebuffer height (unused).
+    pub framebuffer_height: u32,
+    /// Framebuffer bits per pixel (unused).
+    pub framebuffer_bpp: u8,
+    /// Framebuffer type (unused).
+    pub framebuffer_type: u8,
+    /// Framebuffer colour info (unused).
+    pub color_info: [u8; 6],
+}
+
+/// One module descriptor.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MultibootModule {
+    /// First byte.
+    pub mod_start: u32,
+    /// End (exclusive).
+    pub mod_end: u32,
+    /// Address of the NUL-terminated module string.
+    pub string: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// One memory map entry; `size` counts the bytes after itself (20).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MultibootMmapEntry {
+    /// 20.
+    pub size: u32,
+    /// Start address.
+    pub base_addr: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// 1 = RAM, 2 = reserved (E820 numbering).
+    pub kind: u32,
+}
+
+const _: () = assert!(size_of::<MultibootInfo>() == 116);
+const _: () = assert!(size_of::<MultibootModule>() == 16);
+const _: () = assert!(size_of::<MultibootMmapEntry>() == 24);
+
+// SAFETY: repr(C, packed) structs of plain integers and integer arrays: no padding bytes, no
+// pointers, and every bit pattern is a valid value.
+unsafe impl ByteValued for MultibootInfo {}
+// SAFETY: as above.
+unsafe impl ByteValued for MultibootModule {}
+// SAFETY: as above.
+unsafe impl ByteValued for MultibootMmapEntry {}
+
+/// Loads a kernel with multiboot `header` and returns its 32-bit entry.
+pub(super) fn load(
+    mem: &GuestMemoryMmap,
+    cfg: &BootConfig,
+    file: &File,
+    file_len: u64,
+    header: &Header,
+    is_elf: bool,
+) -> Result<BootEntry, LoaderError> {
+    let e820 = e820_entries(cfg.ram);
+    let (entry, kernel_end) = match header.kludge {
+        Some(k) => load_kludge(mem, cfg, file, file_len, header.offset, &k, &e820)?,
+        None if is_elf => {
+            let image = elf::parse(file, file_len).map_err(|source| LoaderError::Elf {
+                path: cfg.kernel.to_path_buf(),
+                source,
+            })?;
+            load_elf(mem, cfg, file, &image, &e820)?
+        }
+        None => return Err(mb_err(cfg, MultibootError::NoAddressInfo)),
+    };
+    if entry >= FOUR_GIB {
+        return Err(mb_err(cfg, MultibootError::EntryAbove4G(entry)));
+    }
+
+    check_cmdline(cfg.cmdline, CMDLINE_MAX_SIZE as usize)?;
+    let mut cmdline = cfg.cmdline.as_bytes().to_vec();
+    cmdline.push(0);
+    write_guest(mem, "command line", CMDLINE_START.0, &cmdline)?;
+
+    let module = match cfg.initrd {
+        Some(path) => {
+            let mut initrd = Initrd::open(path)?;
+            let low = align_up(kernel_end, PAGE_SIZE).unwrap_or(u64::MAX);
+            let addr = initrd.place(&e820, low, FOUR_GIB - 1, false)?;
+            initrd.load(mem, addr)?;
+            let name = path
+                .file_name()
+                .unwrap_or(path.as_os_str())
+                .to_string_lossy()
+                .into_owned();
+            Some((addr, initrd.size, name))
+        }
+        None => None,
+    };
+
+    let area = build_info(&e820, module.as_ref().map(|(a, s, n)| (*a, *s, n.as_str())))
+        .map_err(|e| mb_err(cfg, e))?;
+    write_guest(mem, "multiboot information", MULTIBOOT_INFO_START.0, &area)?;
+    Ok(BootEntry::Multiboot {
+        entry: GuestAddress(entry),
+        info: MULTIBOOT_INFO_START,
+    })
+}
+
+/// Loads the `PT_LOAD` segments at their physical addresses; returns (entry, end of image).
+/// An entry inside a segment's virtual range is translated to its physical address, as GRUB
+/// does for kernels linked in the higher half.
+fn load_elf(
+    mem: &GuestMemoryMmap,
+    cfg: &BootConfig,
+    file: &File,
+    image: &ElfImage,
+    e820: &[E820Entry],
+) -> Result<(u64, u64), LoaderError> {
+    let mut end = 0;
+    for seg in &image.segments {
+        load_segment(
+            mem, cfg, file, e820, seg.paddr, seg.offset, seg.filesz, seg.memsz,
+        )?;
+        end = end.max(seg.paddr + seg.memsz);
+    }
+    let entry = image
+        .segments
+        .iter()
+        .find(|s| s.vaddr <= image.entry && image.entry - s.vaddr < s.memsz)
+        .map_or(image.entry, |s| image.entry - s.vaddr + s.paddr);
+    Ok((entry, end))
+}
+
+/// Loads the image described by the header's address fields; returns (entry, end of image).
+fn load_kludge(
+    mem: &GuestMemoryMmap,
+    cfg: &BootConfig,
+    file: &File,
+    file_len: u64,
+    header_offset: usize,
+    k: &AoutKludge,
+    e820: &[E820Entry],
+) -> Result<(u64, u64), LoaderError> {
+    let bad = |what| mb_err(cfg, MultibootError::BadAddresses(what));
+    let load_addr = u64::from(k.load_addr);
+    let header_delta = u64::from(k.header_addr)
+        .checked_sub(load_addr)
+        .ok_or_else(|| bad("header_addr is below load_addr"))?;
+    let file_offset = (header_offset as u64)
+        .checked_sub(header_delta)
+        .ok_or_else(|| bad("load_addr lies before the start of the file"))?;
+    let available = file_len - file_offset;
+    let filesz = match k.load_end_addr {
+        0 => available,
+        end => u64::from(end)
+            .checked_sub(load_addr)
+            .filter(|&n| n <= available)
+            .ok_or_else(|| bad("load_end_addr is below load_addr or past the end of the file"))?,
+    };
+    let memsz = match k.bss_end_addr {
+        0 => filesz,
+        end => u64::from(end)
+            .checked_sub(load_addr)
+            .filter(|&n| n >= filesz)
+            .ok_or_else(|| bad("bss_end_addr is below load_end_addr"))?,
+    };
+    load_segment(mem, cfg, file, e820, load_addr, file_offset, filesz, memsz)?;
+    Ok((u64::from(k.entry_addr), load_addr + memsz))
+}
+
+/// Copies `filesz` bytes from `offset` in the file to `paddr` and zeroes up to `memsz`, after
+/// checking that the whole range is RAM between 1 MiB and 4 GiB.
+#[allow(clippy::too_many_arguments)]
+fn load_segment(
+    mem: &GuestMemoryMmap,
+    cfg: &BootConfig,
+    file: &File,
+    e820: &[E820Entry],
+    paddr: u64,
+    offset: u64,
+    filesz: u64,
+    memsz: u64,
+) -> Result<(), LoaderError> {
+    let end = paddr.saturating_add(memsz);
+    if paddr < HIMEM_START.0 || end > FOUR_GIB || !in_ram(e820, paddr, memsz) {
+        return Err(mb_err(
+            cfg,
+            MultibootError::SegmentOutsideRam { addr: paddr, end },
+        ));
+    }
+    let read_err = |source| LoaderError::ReadKernel {
+        path: cfg.kernel.to_path_buf(),
+        source,
+    };
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset)).map_err(read_err)?;
+    // in_ram() bounded memsz (and filesz <= memsz) by a sub-4 GiB range.
+    mem.read_exact_volatile_from(GuestAddress(paddr), &mut reader, filesz as usize)
+        .map_err(|e| match e {
+            GuestMemoryError::IOError(source) => read_err(source),
+            GuestMemoryError::PartialBuffer { .. } => read_err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file ends inside a segment",
+            )),
+            source => LoaderError::GuestMemory {
+                what: "kernel segment",
+                addr: paddr,
+                source,
+            },
+        })?;
+
+    const ZEROES: [u8; 4096] = [0; 4096];
+    let mut addr = paddr + filesz;
+    while addr < end {
+        let n = (end - addr).min(ZEROES.len() as u64) as usize;
+        write_guest(mem, "kernel bss", addr, &ZEROES[..n])?;
+        addr += n as u64;
+    }
+    Ok(())
+}
+
+/// Bump allocator over the bytes of the information area, addressed as guest memory.
+struct InfoArea {
+    buf: Vec<u8>,
+    used: usize,
+}
+
+impl InfoArea {
+    const SIZE: usize = (MULTIBOOT_INFO_END.0 - MULTIBOOT_INFO_START.0) as usize;
+
+    fn new() -> Self {
+        InfoArea {
+            buf: vec![0; Self::SIZE],
+            used: 0,
+        }
+    }
+
+    /// Appends `bytes` at the next `align`-aligned offset and returns their guest address.
+    fn push(&mut self, bytes: &[u8], align: usize) -> Result<u32, MultibootError> {
+        let start = self.used.next_multiple_of(align);
+        let end = start + bytes.len();
+        if end > Self::SIZE {
+            return Err(MultibootError::InfoTooLarge {
+                needed: end,
+                max: Self::SIZE,
+            });
+        }
+        self.buf[start..end].copy_from_slice(bytes);
+        self.used = end;
+        // The area lies below 0x5000.
+        Ok((MULTIBOOT_INFO_START.0 + start as u64) as u32)
+    }
+
+    fn push_str(&mut self, s: &str) -> Result<u32, MultibootError> {
+        let mut bytes = s.as_bytes().to_vec();
+        bytes.push(0);
+        self.push(&bytes, 1)
+    }
+}
+
+/// Builds the bytes of the information area: the info structure at its start, then the
+/// module list, memory map and strings. `module` is (address, size, string).
+fn build_info(
+    e820: &[E820Entry],
+    module: Option<(u64, u64, &str)>,
+) -> Result<Vec<u8>, MultibootError> {
+    let mut area = InfoArea::new();
+    area.push(MultibootInfo::default().as_slice(), 8)?;
+    let mut info = MultibootInfo {
+        flags: MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_BOOT_LOADER_NAME,
+        mem_lower: mem_lower_kib(e820) as u32,
+        mem_upper: mem_upper_kib(e820).min(u64::from(u32::MAX)) as u32,
+        cmdline: CMDLINE_START.0 as u32,
+        ..Default::default()
+    };
+
+    if let Some((addr, size, name)) = module {
+        // Initrd::place() kept the module below 4 GiB.
+        let mut desc = MultibootModule {
+            mod_start: addr as u32,
+            mod_end: (addr + size) as u32,
+            ..Default::default()
+        };
+        let desc_addr = area.push(desc.as_slice(), 8)?;
+        desc.string = area.push_str(name)?;
+        area.buf[(desc_addr - MULTIBOOT_INFO_START.0 as u32) as usize..]
+            [..size_of::<MultibootModule>()]
+            .copy_from_slice(desc.as_slice());
+        info.flags |= MBI_MODS;
+        info.mods_count = 1;
+        info.mods_addr = desc_addr;
+    }
+
+    let mut mmap = Vec::with_capacity(e820.len() * size_of::<MultibootMmapEntry>());
+    for e in e820 {
+        let entry = MultibootMmapEntry {
+            size: (size_of::<MultibootMmapEntry>() - 4) as u32,
+            base_addr: e.addr,
+            length: e.size,
+            kind: e.kind as u32,
+        };
+        mmap.extend_from_slice(entry.as_slice());
+    }
+    info.mmap_addr = area.push(&mmap, 8)?;
+    info.mmap_length = mmap.len() as u32;
+    info.boot_loader_name = area.push_str(BOOT_LOADER_NAME)?;
+
+    area.buf[..size_of::<MultibootInfo>()].copy_from_slice(info.as_slice());
+    Ok(area.buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::elf::ElfClass;
+    use super::super::load_kernel;
+    use super::super::test_util::*;
+    use super::*;
+    use crate::arch::x86_64::layout::RamRegion;
+    use std::path::Path;
+
+    const MIB: u64 = 1 << 20;
+
+    fn boot(
+        mem: &GuestMemoryMmap,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        cmdline: &str,
+        ram: &[RamRegion],
+    ) -> Result<BootEntry, LoaderError> {
+        load_kernel(
+            mem,
+            &BootConfig {
+                kernel,
+                initrd,
+                cmdline,
+                ram,
+            },
+        )
+    }
+
+    fn read_bytes(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        buf
+    }
+
+    fn read_cstr(mem: &GuestMemoryMmap, addr: u32) -> String {
+        let bytes = read_bytes(mem, u64::from(addr), 256);
+        let len = bytes.iter().position(|&b| b == 0).expect("NUL-terminated");
+        String::from_utf8(bytes[..len].to_vec()).unwrap()
+    }
+
+    /// Segment data: the multiboot header (flags 0x3) followed by recognisable code bytes.
+    fn segment_data(len: usize) -> Vec<u8> {
+        let mut data = multiboot_header(HF_PAGE_ALIGN | HF_MEMORY_INFO, None);
+        data.extend((data.len()..len).map(|i| (i * 3) as u8));
+        data
+    }
+
+    fn check_mmap(mem: &GuestMemoryMmap, info: &MultibootInfo, ram: &[RamRegion]) {
+        let e820 = e820_entries(ram);
+        assert_eq!({ info.mmap_length } as usize, e820.len() * 24);
+        for (i, e) in e820.iter().enumerate() {
+            let entry: MultibootMmapEntry = mem
+                .read_obj(GuestAddress(u64::from(info.mmap_addr) + 24 * i as u64))
+                .unwrap();
+            assert_eq!({ entry.size }, 20, "entry {i}");
+            assert_eq!({ entry.base_addr }, e.addr, "entry {i}");
+            assert_eq!({ entry.length }, e.size, "entry {i}");
+            assert_eq!({ entry.kind }, e.kind as u32, "entry {i}");
+        }
+    }
+
+    #[test]
+    fn elf32_info_field_by_field() {
+        let (mem, ram) = guest_mem(64 * MIB);
+        let data = segment_data(0x200);
+        let img = ElfBuilder::new(ElfClass::Elf32, 0x10_000C)
+            .segment(0x10_0000, 0x10_0000, data.clone(), 0x3000)
+            .build();
+        let kernel = temp_file_with(&img);
+        let initrd_bytes: Vec<u8> = (0..0x1234u32).map(|i| (i % 253) as u8).collect();
+        let initrd = temp_file_with(&initrd_bytes);
+        // Dirty the bss to check that loading zeroes it.
+        mem.write_slice(&[0xEE; 0x2E00], GuestAddress(0x10_0200)).unwrap();
+
+        let entry = boot(
+            &mem,
+            kernel.as_path(),
+            Some(initrd.as_path()),
+            "kernel arg=1",
+            &ram,
+        )
+        .unwrap();
+        assert_eq!(
+            entry,
+            BootEntry::Multiboot {
+                entry: GuestAddress(0x10_000C),
+                info: MULTIBOOT_INFO_START,
+            }
+        );
+
+        let info: MultibootInfo = mem.read_obj(MULTIBOOT_INFO_START).unwrap();
+        assert_eq!({ info.flags }, 0x24D);
+        assert_eq!({ info.mem_lower }, 639);
+        assert_eq!({ info.mem_upper }, 63 * 1024);
+        assert_eq!({ info.boot_device }, 0);
+        assert_eq!({ info.cmdline }, 0x20000);
+        assert_eq!({ info.mods_count }, 1);
+        assert_eq!({ info.mods_addr }, 0x1078);
+        assert_eq!({ info.syms }, [0; 4]);
+        assert_eq!({ info.mmap_addr } % 8, 0);
+        assert_eq!({ info.drives_length }, 0);
+        assert_eq!({ info.drives_addr }, 0);
+        assert_eq!({ info.config_table }, 0);
+        assert_eq!({ info.apm_table }, 0);
+        assert_eq!({ info.vbe_control_info }, 0);
+        assert_eq!({ info.vbe_mode }, 0);
+        assert_eq!({ info.framebuffer_addr }, 0);
+        assert_eq!({ info.framebuffer_type }, 0);
+        assert_eq!(read_cstr(&mem, info.cmdline), "kernel arg=1");
+        assert_eq!(read_cstr(&mem, info.boot_loader_name), "iommufd-vmm");
+        assert!(u64::from(info.boot_loader_name) < MULTIBOOT_INFO_END.0);
+        check_mmap(&mem, &info, &ram);
+
+        let module: MultibootModule = mem
+            .read_obj(GuestAddress(u64::from(info.mods_addr)))
+            .unwrap();
+        // Page-aligned right above the image (0x100000 + memsz 0x3000).
+        assert_eq!({ module.mod_start }, 0x10_3000);
+        assert_eq!({ module.mod_end }, 0x10_3000 + 0x1234);
+        assert_eq!({ module.reserved }, 0);
+        let name = initrd.as_path().file_name().unwrap().to_str().unwrap();
+        assert_eq!(read_cstr(&mem, module.string), name);
+        assert_eq!(read_bytes(&mem, 0x10_3000, initrd_bytes.len()), initrd_bytes);
+
+        assert_eq!(read_bytes(&mem, 0x10_0000, data.len()), data);
+        assert_eq!(read_bytes(&mem, 0x10_0200, 0x2E00), vec![0; 0x2E00]);
+    }
+
+    #[test]
+    fn elf64_higher_half_entry_is_translated_and_no_mods_without_initrd() {
+        let (mem, ram) = guest_mem(128 * MIB);
+        let data = segment_data(0x100);
+        let img = ElfBuilder::new(ElfClass::Elf64, 0xFFFF_FFFF_8020_0010)
+            .segment(0x20_0000, 0xFFFF_FFFF_8020_0000, data.clone(), 0x100)
+            .build();
+        let kernel = temp_file_with(&img);
+        let entry = boot(&mem, kernel.as_path(), None, "", &ram).unwrap();
+        assert_eq!(
+            entry,
+            BootEntry::Multiboot {
+                entry: GuestAddress(0x20_0010),
+                info: MULTIBOOT_INFO_START,
+            }
+        );
+        let info: MultibootInfo = mem.read_obj(MULTIBOOT_INFO_START).unwrap();
+        assert_eq!({ info.flags }, MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_BOOT_LOADER_NAME);
+        assert_eq!({ info.mods_count }, 0);
+        assert_eq!({ info.mods_addr }, 0);
+        assert_eq!({ info.mem_upper }, 127 * 1024);
+        assert_eq!(read_cstr(&mem, info.cmdline), "");
+        check_mmap(&mem, &info, &ram);
+        assert_eq!(read_bytes(&mem, 0x20_0000, data.len()), data);
+    }
+
+    #[test]
+    fn aout_kludge_raw_image() {
+        let (mem, ram) = guest_mem(64 * MIB);
+        // A flat binary loaded at 2 MiB, header at its start, bss up to +0x2000.
+        let mut img = multiboot_header(
+            HF_PAGE_ALIGN | HF_AOUT_KLUDGE,
+            Some([0x20_0000, 0x20_0000, 0, 0x20_2000, 0x20_0020]),
+        );
+        img.extend((img.len()..0x100).map(|i| i as u8));
+        let kernel = temp_file_with(&img);
+        mem.write_slice(&[0xEE; 0x1F00], GuestAddress(0x20_0100)).unwrap();
+        let entry = boot(&mem, kernel.as_path(), None, "x", &ram).unwrap();
+        assert_eq!(
+            entry,
+            BootEntry::Multiboot {
+                entry: GuestAddress(0x20_0020),
+                info: MULTIBOOT_INFO_START,
+            }
+        );
+        assert_eq!(read_bytes(&mem, 0x20_0000, img.len()), img);
+        assert_eq!(read_bytes(&mem, 0x20_0100, 0x1F00), vec![0; 0x1F00]);
+
+        // The same header without flag 16 in a non-ELF file has no load information.
+        let mut plain = multiboot_header(0, None);
+        plain.extend([0u8; 64]);
+        let kernel = temp_file_with(&plain);
+        let err = boot(&mem, kernel.as_path(), None, "", &ram).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoaderError::Multiboot {
+                    source: MultibootError::NoAddressInfo,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        // header_addr below load_addr is inconsistent.
+        let bad = multiboot_header(HF_AOUT_KLUDGE, Some([0x10_0000, 0x20_0000, 0, 0, 0x20_0000]));
+        let kernel = temp_file_with(&bad);
+        let err = boot(&mem, kernel.as_path(), None, "", &ram).unwrap_err();
+        assert!(err.to_string().contains("header_addr is below load_addr"), "{err}");
+    }
+
+    #[test]
+    fn header_search_rules() {
+        let good = multiboot_header(HF_MEMORY_INFO, None);
+        // Found at any 4-byte-aligned offset within 8 KiB.
+        let mut head = vec![0u8; 8192 - 12];
+        head.extend_from_slice(&good);
+        assert_eq!(
+            find_header(&head),
+            Some(Ok(Header {
+                offset: 8180,
+                flags: HF_MEMORY_INFO,
+                kludge: None,
+            }))
+        );
+        // Not at an unaligned offset, nor past 8 KiB.
+        let mut unaligned = vec![0u8; 2];
+        unaligned.extend_from_slice(&good);
+        assert_eq!(find_header(&unaligned), None);
+        let mut late = vec![0u8; 8192];
+        late.extend_from_slice(&good);
+        assert_eq!(find_header(&late), None);
+        // A bad checksum before a good header is skipped.
+        let mut bad = multiboot_header(0, None);
+        bad[8] ^= 1;
+        let mut both = bad.clone();
+        both.extend_from_slice(&good);
+        assert_eq!(find_header(&both).unwrap().unwrap().offset, 12);
+        assert_eq!(find_header(&bad), Some(Err(MultibootError::BadChecksum(0))));
+        // Flag 16 with the fields cut off.
+        let cut = multiboot_header(HF_AOUT_KLUDGE, None);
+        assert_eq!(find_header(&cut), Some(Err(MultibootError::HeaderTruncated)));
+        assert_eq!(
+            find_header(&multiboot_header(HF_VIDEO_MODE, None)),
+            Some(Err(MultibootError::VideoMode))
+        );
+        assert_eq!(
+            find_header(&multiboot_header(1 << 5 | 1 << 20, None)),
+            Some(Err(MultibootError::UnsupportedFlags(1 << 5)))
+        );
+    }
+
+    #[test]
+    fn elf_with_bad_checksum_is_an_error() {
+        let (mem, ram) = guest_mem(64 * MIB);
+        let mut data = segment_data(0x40);
+        data[8] ^= 0xFF;
+        let builder =
+            ElfBuilder::new(ElfClass::Elf32, 0x10_0000).segment(0x10_0000, 0x10_0000, data, 0x40);
+        let offset = builder.first_data_offset();
+        let kernel = temp_file_with(&builder.build());
+        let err = boot(&mem, kernel.as_path(), None, "", &ram).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("multiboot header at offset {offset:#x} has a bad checksum")),
+            "{msg}"
+        );
+        assert!(msg.starts_with(&format!("kernel {}: ", kernel.as_path().display())));
+    }
+
+    #[test]
+    fn segments_outside_ram_below_1m_or_entry_above_4g_are_errors() {
+        let (mem, ram) = guest_mem(64 * MIB);
+        let cases = [
+            (0x10_0000, 0x400_0000u64, 0x100u64, "0x4000000..0x4000100"),
+            (0x10_0000, 0x3FF_F000, 0x2000, "0x3fff000..0x4001000"),
+            (0x9_0000, 0x9_0000, 0x100, "0x90000..0x90100"),
+        ];
+        for (entry, paddr, memsz, want) in cases {
+            let img = ElfBuilder::new(ElfClass::Elf32, entry)
+                .segment(paddr, paddr, segment_data(0x40), memsz)
+                .build();
+            let kernel = temp_file_with(&img);
+            let msg = boot(&mem, kernel.as_path(), None, "", &ram)
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(&format!("needs guest RAM at {want}")), "{msg}");
+        }
+
+        let img = ElfBuilder::new(ElfClass::Elf64, 0x1_0000_0000)
+            .segment(0x10_0000, 0x10_0000, segment_data(0x40), 0x40)
+            .build();
+        let kernel = temp_file_with(&img);
+        let err = boot(&mem, kernel.as_path(), None, "", &ram).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoaderError::Multiboot {
+                    source: MultibootError::EntryAbove4G(0x1_0000_0000),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cmdline_and_initrd_errors() {
+        let (mem, ram) = guest_mem(64 * MIB);
+        let img = ElfBuilder::new(ElfClass::Elf32, 0x10_0000)
+            .segment(0x10_0000, 0x10_0000, segment_data(0x40), 0x40)
+            .build();
+        let kernel = temp_file_with(&img);
+        let long = "z".repeat(CMDLINE_MAX_SIZE as usize);
+        let err = boot(&mem, kernel.as_path(), None, &long, &ram).unwrap_err();
+        assert!(
+            matches!(err, LoaderError::CmdlineTooLong { len: 0x10000, max: 0xFFFF }),
+            "{err}"
+        );
+
+        let initrd = temp_file_with(&[]);
+        initrd.as_file().set_len(63 * MIB).unwrap();
+        let err = boot(&mem, kernel.as_path(), Some(initrd.as_path()), "", &ram).unwrap_err();
+        assert!(matches!(err, LoaderError::InitrdDoesNotFit { .. }), "{err}");
+
+        let empty = temp_file_with(&[]);
+        let err = boot(&mem, kernel.as_path(), Some(empty.as_path()), "", &ram).unwrap_err();
+        assert!(matches!(err, LoaderError::EmptyInitrd(_)), "{err}");
+    }
+
+    #[test]
+    fn info_area_overflow_is_an_error() {
+        let e820 = e820_entries(&[RamRegion {
+            start: GuestAddress(0),
+            size: 64 * MIB,
+        }]);
+        let name = "n".repeat(InfoArea::SIZE);
+        assert_eq!(
+            build_info(&e820, Some((0x20_0000, 0x1000, &name))),
+            Err(MultibootError::InfoTooLarge {
+                needed: 0x90 + InfoArea::SIZE + 1,
+                max: InfoArea::SIZE,
+            })
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! The state KVM holds for the VM: memory, the VM and its vCPUs.
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
