@@ -162,8 +162,10 @@ pub(super) fn load_bzimage(
         .map_err(|e| linux_err(cfg, LinuxError::Load(e)))?;
     let hdr = loaded.setup_header.unwrap_or(hdr);
 
-    let mut params = boot_params::default();
-    params.hdr = hdr;
+    let params = boot_params {
+        hdr,
+        ..Default::default()
+    };
     let cmdline_max = if version >= 0x0206 {
         usize::try_from(hdr.cmdline_size)
             .unwrap_or(usize::MAX)

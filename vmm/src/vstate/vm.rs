@@ -33,10 +33,6 @@ fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, Vm
     r.map_err(|source| VmError::Ioctl { what, source })
 }
 
-/// The TSS KVM needs on Intel hosts for real-mode emulation: three pages just below the
-/// BIOS area at the top of the 32-bit hole, where no device or RAM is placed.
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
-
 /// A KVM virtual machine.
 pub struct Vm {
     kvm: Kvm,
@@ -73,7 +69,16 @@ impl Vm {
     /// Creates the in-kernel IOAPIC/PIC/LAPICs and the PIT (x86_64).
     #[cfg(target_arch = "x86_64")]
     pub fn setup_irqchip(&self) -> Result<(), VmError> {
-        ioctl("KVM_SET_TSS_ADDR", self.fd.set_tss_address(KVM_TSS_ADDRESS))?;
+        use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_START, KVM_TSS_START};
+        // KVM's private pages for real-mode emulation on VMX; the E820 map reserves them.
+        ioctl(
+            "KVM_SET_IDENTITY_MAP_ADDR",
+            self.fd.set_identity_map_address(KVM_IDENTITY_MAP_START.0),
+        )?;
+        ioctl(
+            "KVM_SET_TSS_ADDR",
+            self.fd.set_tss_address(KVM_TSS_START.0 as usize),
+        )?;
         ioctl("KVM_CREATE_IRQCHIP", self.fd.create_irq_chip())?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,

@@ -35,8 +35,9 @@ pub const DATA_SEL: u16 = 0x18;
 /// TSS selector (KVM needs a usable TR on VMX hosts).
 pub const TSS_SEL: u16 = 0x20;
 
-/// Stack pointer for the 64-bit entry; Linux switches to its own stack immediately.
-const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Stack pointer for the 64-bit entry, below the zero page and clear of the 0x8000 page that
+/// multiboot test guests use for their AP trampoline; Linux switches stacks immediately.
+const BOOT_STACK_POINTER: u64 = 0x6ff0;
 /// EAX value that tells a multiboot kernel a compliant loader started it.
 pub const MULTIBOOT_BOOTLOADER_MAGIC: u64 = 0x2BAD_B002;
 

@@ -8,17 +8,18 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
-use std::mem::size_of;
 
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+
+mod info;
 
 use super::elf::{self, ElfImage};
 use super::{
     align_up, check_cmdline, in_ram, write_guest, BootConfig, BootEntry, Initrd, LoaderError,
 };
 use crate::arch::x86_64::layout::{
-    e820_entries, mem_lower_kib, mem_upper_kib, E820Entry, CMDLINE_MAX_SIZE, CMDLINE_START,
-    HIMEM_START, MULTIBOOT_INFO_END, MULTIBOOT_INFO_START, PAGE_SIZE,
+    e820_entries, E820Entry, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MULTIBOOT_INFO_START,
+    PAGE_SIZE,
 };
 
 /// Magic value that starts a multiboot v1 header.
@@ -35,19 +36,6 @@ const HF_VIDEO_MODE: u32 = 1 << 2;
 const HF_AOUT_KLUDGE: u32 = 1 << 16;
 /// Flags 0-15 are requirements the loader must honour or refuse the image.
 const HF_REQUIRED_MASK: u32 = 0xFFFF;
-
-/// Info flag: `mem_lower`/`mem_upper` valid.
-pub const MBI_MEMORY: u32 = 1 << 0;
-/// Info flag: `cmdline` valid.
-pub const MBI_CMDLINE: u32 = 1 << 2;
-/// Info flag: `mods_count`/`mods_addr` valid.
-pub const MBI_MODS: u32 = 1 << 3;
-/// Info flag: `mmap_length`/`mmap_addr` valid.
-pub const MBI_MMAP: u32 = 1 << 6;
-/// Info flag: `boot_loader_name` valid.
-pub const MBI_BOOT_LOADER_NAME: u32 = 1 << 9;
-/// Name passed in `boot_loader_name`.
-pub const BOOT_LOADER_NAME: &str = "iommufd-vmm";
 
 const FOUR_GIB: u64 = 1 << 32;
 
@@ -204,108 +192,6 @@ fn parse_header(head: &[u8], offset: usize, flags: u32) -> Result<Header, Multib
     })
 }
 
-/// The multiboot information structure (spec section 3.3), 116 bytes.
-#[repr(C, packed)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MultibootInfo {
-    /// Which fields are valid (`MBI_*`).
-    pub flags: u32,
-    /// KiB of RAM from 0.
-    pub mem_lower: u32,
-    /// KiB of RAM from 1 MiB.
-    pub mem_upper: u32,
-    /// BIOS boot device (unused).
-    pub boot_device: u32,
-    /// Address of the NUL-terminated command line.
-    pub cmdline: u32,
-    /// Number of modules.
-    pub mods_count: u32,
-    /// Address of the first [`MultibootModule`].
-    pub mods_addr: u32,
-    /// a.out/ELF symbol information (unused).
-    pub syms: [u32; 4],
-    /// Bytes of memory map.
-    pub mmap_length: u32,
-    /// Address of the first [`MultibootMmapEntry`].
-    pub mmap_addr: u32,
-    /// Drive table length (unused).
-    pub drives_length: u32,
-    /// Drive table address (unused).
-    pub drives_addr: u32,
-    /// ROM configuration table (unused).
-    pub config_table: u32,
-    /// Address of the NUL-terminated boot loader name.
-    pub boot_loader_name: u32,
-    /// APM table (unused).
-    pub apm_table: u32,
-    /// VBE control info (unused).
-    pub vbe_control_info: u32,
-    /// VBE mode info (unused).
-    pub vbe_mode_info: u32,
-    /// VBE mode (unused).
-    pub vbe_mode: u16,
-    /// VBE interface segment (unused).
-    pub vbe_interface_seg: u16,
-    /// VBE interface offset (unused).
-    pub vbe_interface_off: u16,
-    /// VBE interface length (unused).
-    pub vbe_interface_len: u16,
-    /// Framebuffer address (unused).
-    pub framebuffer_addr: u64,
-    /// Framebuffer pitch (unused).
-    pub framebuffer_pitch: u32,
-    /// Framebuffer width (unused).
-    pub framebuffer_width: u32,
-    /// Framebuffer height (unused).
-    pub framebuffer_height: u32,
-    /// Framebuffer bits per pixel (unused).
-    pub framebuffer_bpp: u8,
-    /// Framebuffer type (unused).
-    pub framebuffer_type: u8,
-    /// Framebuffer colour info (unused).
-    pub color_info: [u8; 6],
-}
-
-/// One module descriptor.
-#[repr(C, packed)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MultibootModule {
-    /// First byte.
-    pub mod_start: u32,
-    /// End (exclusive).
-    pub mod_end: u32,
-    /// Address of the NUL-terminated module string.
-    pub string: u32,
-    /// Zero.
-    pub reserved: u32,
-}
-
-/// One memory map entry; `size` counts the bytes after itself (20).
-#[repr(C, packed)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MultibootMmapEntry {
-    /// 20.
-    pub size: u32,
-    /// Start address.
-    pub base_addr: u64,
-    /// Length in bytes.
-    pub length: u64,
-    /// 1 = RAM, 2 = reserved (E820 numbering).
-    pub kind: u32,
-}
-
-const _: () = assert!(size_of::<MultibootInfo>() == 116);
-const _: () = assert!(size_of::<MultibootModule>() == 16);
-const _: () = assert!(size_of::<MultibootMmapEntry>() == 24);
-
-// SAFETY: repr(C, packed) structs of plain integers and integer arrays: no padding bytes, no
-// pointers, and every bit pattern is a valid value.
-unsafe impl ByteValued for MultibootInfo {}
-// SAFETY: as above.
-unsafe impl ByteValued for MultibootModule {}
-// SAFETY: as above.
-unsafe impl ByteValued for MultibootMmapEntry {}
-
 /// Loads a kernel with multiboot `header` and returns its 32-bit entry.
 pub(super) fn load(
     mem: &GuestMemoryMmap,
@@ -352,7 +238,7 @@ pub(super) fn load(
         None => None,
     };
 
-    let area = build_info(&e820, module.as_ref().map(|(a, s, n)| (*a, *s, n.as_str())))
+    let area = info::build_info(&e820, module.as_ref().map(|(a, s, n)| (*a, *s, n.as_str())))
         .map_err(|e| mb_err(cfg, e))?;
     write_guest(mem, "multiboot information", MULTIBOOT_INFO_START.0, &area)?;
     Ok(BootEntry::Multiboot {
@@ -474,103 +360,14 @@ fn load_segment(
     Ok(())
 }
 
-/// Bump allocator over the bytes of the information area, addressed as guest memory.
-struct InfoArea {
-    buf: Vec<u8>,
-    used: usize,
-}
-
-impl InfoArea {
-    const SIZE: usize = (MULTIBOOT_INFO_END.0 - MULTIBOOT_INFO_START.0) as usize;
-
-    fn new() -> Self {
-        InfoArea {
-            buf: vec![0; Self::SIZE],
-            used: 0,
-        }
-    }
-
-    /// Appends `bytes` at the next `align`-aligned offset and returns their guest address.
-    fn push(&mut self, bytes: &[u8], align: usize) -> Result<u32, MultibootError> {
-        let start = self.used.next_multiple_of(align);
-        let end = start + bytes.len();
-        if end > Self::SIZE {
-            return Err(MultibootError::InfoTooLarge {
-                needed: end,
-                max: Self::SIZE,
-            });
-        }
-        self.buf[start..end].copy_from_slice(bytes);
-        self.used = end;
-        // The area lies below 0x5000.
-        Ok((MULTIBOOT_INFO_START.0 + start as u64) as u32)
-    }
-
-    fn push_str(&mut self, s: &str) -> Result<u32, MultibootError> {
-        let mut bytes = s.as_bytes().to_vec();
-        bytes.push(0);
-        self.push(&bytes, 1)
-    }
-}
-
-/// Builds the bytes of the information area: the info structure at its start, then the
-/// module list, memory map and strings. `module` is (address, size, string).
-fn build_info(
-    e820: &[E820Entry],
-    module: Option<(u64, u64, &str)>,
-) -> Result<Vec<u8>, MultibootError> {
-    let mut area = InfoArea::new();
-    area.push(MultibootInfo::default().as_slice(), 8)?;
-    let mut info = MultibootInfo {
-        flags: MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_BOOT_LOADER_NAME,
-        mem_lower: mem_lower_kib(e820) as u32,
-        mem_upper: mem_upper_kib(e820).min(u64::from(u32::MAX)) as u32,
-        cmdline: CMDLINE_START.0 as u32,
-        ..Default::default()
-    };
-
-    if let Some((addr, size, name)) = module {
-        // Initrd::place() kept the module below 4 GiB.
-        let mut desc = MultibootModule {
-            mod_start: addr as u32,
-            mod_end: (addr + size) as u32,
-            ..Default::default()
-        };
-        let desc_addr = area.push(desc.as_slice(), 8)?;
-        desc.string = area.push_str(name)?;
-        area.buf[(desc_addr - MULTIBOOT_INFO_START.0 as u32) as usize..]
-            [..size_of::<MultibootModule>()]
-            .copy_from_slice(desc.as_slice());
-        info.flags |= MBI_MODS;
-        info.mods_count = 1;
-        info.mods_addr = desc_addr;
-    }
-
-    let mut mmap = Vec::with_capacity(e820.len() * size_of::<MultibootMmapEntry>());
-    for e in e820 {
-        let entry = MultibootMmapEntry {
-            size: (size_of::<MultibootMmapEntry>() - 4) as u32,
-            base_addr: e.addr,
-            length: e.size,
-            kind: e.kind as u32,
-        };
-        mmap.extend_from_slice(entry.as_slice());
-    }
-    info.mmap_addr = area.push(&mmap, 8)?;
-    info.mmap_length = mmap.len() as u32;
-    info.boot_loader_name = area.push_str(BOOT_LOADER_NAME)?;
-
-    area.buf[..size_of::<MultibootInfo>()].copy_from_slice(info.as_slice());
-    Ok(area.buf)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::elf::ElfClass;
     use super::super::load_kernel;
     use super::super::test_util::*;
+    use super::info::*;
     use super::*;
-    use crate::arch::x86_64::layout::RamRegion;
+    use crate::arch::x86_64::layout::{RamRegion, MULTIBOOT_INFO_END};
     use std::path::Path;
 
     const MIB: u64 = 1 << 20;
@@ -637,7 +434,8 @@ mod tests {
         let initrd_bytes: Vec<u8> = (0..0x1234u32).map(|i| (i % 253) as u8).collect();
         let initrd = temp_file_with(&initrd_bytes);
         // Dirty the bss to check that loading zeroes it.
-        mem.write_slice(&[0xEE; 0x2E00], GuestAddress(0x10_0200)).unwrap();
+        mem.write_slice(&[0xEE; 0x2E00], GuestAddress(0x10_0200))
+            .unwrap();
 
         let entry = boot(
             &mem,
@@ -687,7 +485,10 @@ mod tests {
         assert_eq!({ module.reserved }, 0);
         let name = initrd.as_path().file_name().unwrap().to_str().unwrap();
         assert_eq!(read_cstr(&mem, module.string), name);
-        assert_eq!(read_bytes(&mem, 0x10_3000, initrd_bytes.len()), initrd_bytes);
+        assert_eq!(
+            read_bytes(&mem, 0x10_3000, initrd_bytes.len()),
+            initrd_bytes
+        );
 
         assert_eq!(read_bytes(&mem, 0x10_0000, data.len()), data);
         assert_eq!(read_bytes(&mem, 0x10_0200, 0x2E00), vec![0; 0x2E00]);
@@ -710,7 +511,10 @@ mod tests {
             }
         );
         let info: MultibootInfo = mem.read_obj(MULTIBOOT_INFO_START).unwrap();
-        assert_eq!({ info.flags }, MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_BOOT_LOADER_NAME);
+        assert_eq!(
+            { info.flags },
+            MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_BOOT_LOADER_NAME
+        );
         assert_eq!({ info.mods_count }, 0);
         assert_eq!({ info.mods_addr }, 0);
         assert_eq!({ info.mem_upper }, 127 * 1024);
@@ -729,7 +533,8 @@ mod tests {
         );
         img.extend((img.len()..0x100).map(|i| i as u8));
         let kernel = temp_file_with(&img);
-        mem.write_slice(&[0xEE; 0x1F00], GuestAddress(0x20_0100)).unwrap();
+        mem.write_slice(&[0xEE; 0x1F00], GuestAddress(0x20_0100))
+            .unwrap();
         let entry = boot(&mem, kernel.as_path(), None, "x", &ram).unwrap();
         assert_eq!(
             entry,
@@ -758,10 +563,16 @@ mod tests {
         );
 
         // header_addr below load_addr is inconsistent.
-        let bad = multiboot_header(HF_AOUT_KLUDGE, Some([0x10_0000, 0x20_0000, 0, 0, 0x20_0000]));
+        let bad = multiboot_header(
+            HF_AOUT_KLUDGE,
+            Some([0x10_0000, 0x20_0000, 0, 0, 0x20_0000]),
+        );
         let kernel = temp_file_with(&bad);
         let err = boot(&mem, kernel.as_path(), None, "", &ram).unwrap_err();
-        assert!(err.to_string().contains("header_addr is below load_addr"), "{err}");
+        assert!(
+            err.to_string().contains("header_addr is below load_addr"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -794,7 +605,10 @@ mod tests {
         assert_eq!(find_header(&bad), Some(Err(MultibootError::BadChecksum(0))));
         // Flag 16 with the fields cut off.
         let cut = multiboot_header(HF_AOUT_KLUDGE, None);
-        assert_eq!(find_header(&cut), Some(Err(MultibootError::HeaderTruncated)));
+        assert_eq!(
+            find_header(&cut),
+            Some(Err(MultibootError::HeaderTruncated))
+        );
         assert_eq!(
             find_header(&multiboot_header(HF_VIDEO_MODE, None)),
             Some(Err(MultibootError::VideoMode))
@@ -817,7 +631,9 @@ mod tests {
         let err = boot(&mem, kernel.as_path(), None, "", &ram).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains(&format!("multiboot header at offset {offset:#x} has a bad checksum")),
+            msg.contains(&format!(
+                "multiboot header at offset {offset:#x} has a bad checksum"
+            )),
             "{msg}"
         );
         assert!(msg.starts_with(&format!("kernel {}: ", kernel.as_path().display())));
@@ -869,7 +685,13 @@ mod tests {
         let long = "z".repeat(CMDLINE_MAX_SIZE as usize);
         let err = boot(&mem, kernel.as_path(), None, &long, &ram).unwrap_err();
         assert!(
-            matches!(err, LoaderError::CmdlineTooLong { len: 0x10000, max: 0xFFFF }),
+            matches!(
+                err,
+                LoaderError::CmdlineTooLong {
+                    len: 0x10000,
+                    max: 0xFFFF
+                }
+            ),
             "{err}"
         );
 
@@ -881,21 +703,5 @@ mod tests {
         let empty = temp_file_with(&[]);
         let err = boot(&mem, kernel.as_path(), Some(empty.as_path()), "", &ram).unwrap_err();
         assert!(matches!(err, LoaderError::EmptyInitrd(_)), "{err}");
-    }
-
-    #[test]
-    fn info_area_overflow_is_an_error() {
-        let e820 = e820_entries(&[RamRegion {
-            start: GuestAddress(0),
-            size: 64 * MIB,
-        }]);
-        let name = "n".repeat(InfoArea::SIZE);
-        assert_eq!(
-            build_info(&e820, Some((0x20_0000, 0x1000, &name))),
-            Err(MultibootError::InfoTooLarge {
-                needed: 0x90 + InfoArea::SIZE + 1,
-                max: InfoArea::SIZE,
-            })
-        );
     }
 }

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Tier 3: rig tests. Builds the rig artifacts that are missing (cached outside the repo, see
+# resources/rig/README.md), the static VMM for each arch, and runs each scenario in each rig.
+#
+#   tests/rig.sh [ARCH...]      default: x86_64 aarch64 (or $RIG_ARCHES)
+#
+# Exit status: non-zero if any scenario failed; the serial logs are kept under
+# $RIG_CACHE/logs and their path is printed.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RIG="$ROOT/resources/rig"
+. "$RIG/lib.sh"
+ARCHES=${*:-${RIG_ARCHES:-x86_64 aarch64}}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/rig-tests.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+build_vmm() { # ARCH -> path of a static vmm binary
+    local arch=$1
+    case "$arch" in
+        x86_64)
+            (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+                cargo build --release -p vmm --bin vmm --target x86_64-unknown-linux-gnu >&2)
+            echo "$ROOT/target/x86_64-unknown-linux-gnu/release/vmm" ;;
+        aarch64)
+            bash "$RIG/cross-aarch64.sh" --build "$ROOT" >&2
+            echo "$ROOT/target/aarch64/aarch64-unknown-linux-gnu/release/vmm" ;;
+    esac
+}
+
+passed=0
+failed=0
+for arch in $ARCHES; do
+    rig_log "== $arch: building the VMM"
+    vmm=$(build_vmm "$arch")
+    kernel=$(bash "$RIG/build-kernel.sh" "$arch")
+    l2_initrd="$WORK/l2-$arch.cpio.gz"
+    bash "$RIG/build-initramfs.sh" "$arch" "$l2_initrd" --scenario "$ROOT/tests/rig/l2-guest.sh" >/dev/null
+    for scenario in l2-boot; do
+        rig_log "== $arch: scenario $scenario"
+        if bash "$RIG/run.sh" "$arch" "$ROOT/tests/rig/$scenario.sh" \
+            "$vmm=/rig/vmm" "$kernel=/rig/l2-kernel" "$l2_initrd=/rig/l2-initramfs.cpio.gz"; then
+            echo "rig: $arch $scenario: PASS"
+            passed=$((passed + 1))
+        else
+            echo "rig: $arch $scenario: FAIL"
+            failed=$((failed + 1))
+        fi
+    done
+done
+echo "rig: $passed passed, $failed failed"
+[ "$failed" = 0 ]
