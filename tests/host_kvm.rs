@@ -130,3 +130,55 @@ fn serial_to_file_and_off() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
 }
+
+fn free_hugepages() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn boots_tiny_guest_on_hugepages() {
+    require_kvm!();
+    if free_hugepages() < 32 {
+        eprintln!("SKIPPED: fewer than 32 free 2 MiB huge pages (set /proc/sys/vm/nr_hugepages)");
+        return;
+    }
+    for backend in [&[][..], &["--memfd"][..]] {
+        let out = Command::new(VMM)
+            .args([
+                "--kernel",
+                TINY_GUEST_ELF64,
+                "--memory",
+                "64M",
+                "--hugepages",
+            ])
+            .args(["--cmdline", "exit=6"])
+            .args(backend)
+            .output()
+            .unwrap();
+        check_guest(&out, 1, 64, 6);
+    }
+}
+
+#[test]
+fn hugepages_beyond_what_is_reserved_is_a_clear_error() {
+    require_kvm!();
+    let free_mib = free_hugepages() * 2;
+    let ask = format!("{}M", free_mib + 64);
+    let out = Command::new(VMM)
+        .args([
+            "--kernel",
+            TINY_GUEST_ELF64,
+            "--memory",
+            &ask,
+            "--hugepages",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("more than the host can give"), "{stderr}");
+}
