@@ -10,6 +10,7 @@ pub mod arch;
 pub mod builder;
 pub mod cli;
 pub mod config;
+pub mod interrupts;
 pub mod loader;
 pub mod logger;
 pub mod signals;
