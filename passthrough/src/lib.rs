@@ -32,11 +32,13 @@ pub mod memory_map;
 pub mod model;
 pub mod reserved_regions;
 mod sys;
+pub mod vfio_cdev;
 
 pub use memory_map::{
     guard_ram, plan, Coverage, MemoryMap, MemoryMapError, MemoryMapRequest, RamRegion,
 };
 pub use reserved_regions::{ReservedKind, ReservedRegion, Sysfs};
+pub use vfio_cdev::{locate, probe_ranges, PciPassthroughDevice, VfioCdevError};
 
 pub use iommufd::{
     DevId, DeviceHandle, HwInfo, HwInfoType, HwptFlags, HwptId, IoasId, Iommufd, IommufdError,

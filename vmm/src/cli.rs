@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{ConfigError, MemoryBackend, SerialConfig, Size, VmConfig};
+use crate::config::{
+    check_unique_devices, ConfigError, DeviceConfig, MemoryBackend, SerialConfig, Size, VmConfig,
+};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -27,8 +29,12 @@ printed on stderr).";
 #[command(name = "vmm", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Kernel image to boot (bzImage, ELF vmlinux, or multiboot ELF).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "print_memory_map"
+    )]
+    pub kernel: Option<PathBuf>,
 
     /// Initial ramdisk (Linux) or first module (multiboot).
     #[arg(long, value_name = "PATH")]
@@ -58,6 +64,20 @@ pub struct Cli {
     #[arg(long)]
     pub hugepages: bool,
 
+    /// A PCI device for passthrough, by sysfs path; repeatable. It must be bound to vfio-pci.
+    /// (For now used by --print-memory-map; booting with passthrough comes next.)
+    #[arg(
+        long,
+        value_name = "path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=NAME]",
+        requires = "print_memory_map"
+    )]
+    pub device: Vec<String>,
+
+    /// Print where guest RAM would go (avoiding the host's reserved and MSI ranges of every
+    /// --device, read from the kernel through /dev/iommu) and exit without booting.
+    #[arg(long)]
+    pub print_memory_map: bool,
+
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = parse_level)]
     pub log_level: log::LevelFilter,
@@ -70,12 +90,23 @@ fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
 }
 
 impl Cli {
+    /// The --device specs, parsed and checked for duplicates.
+    pub fn devices(&self) -> Result<Vec<DeviceConfig>, ConfigError> {
+        let d = self
+            .device
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<Vec<DeviceConfig>, _>>()?;
+        check_unique_devices(&d)?;
+        Ok(d)
+    }
+
     /// Turns parsed arguments into a configuration (host limits are checked later).
     pub fn into_config(self) -> Result<VmConfig, ConfigError> {
         let memory: Size = self.memory.parse()?;
         let serial: SerialConfig = self.serial.parse()?;
         Ok(VmConfig {
-            kernel: self.kernel,
+            kernel: self.kernel.unwrap_or_default(),
             initrd: self.initrd,
             cmdline: self.cmdline,
             memory: memory.0,
@@ -146,8 +177,31 @@ mod tests {
     }
 
     #[test]
-    fn kernel_is_required() {
+    fn kernel_is_required_unless_printing_the_memory_map() {
         assert!(parse(&[]).is_err());
+        let c = parse(&["--print-memory-map", "--memory", "4G"]).unwrap();
+        assert!(c.print_memory_map);
+        assert!(parse(&["--kernel", "k", "--device", "path=/x/0000:00:01.0"]).is_err());
+        let c = parse(&[
+            "--print-memory-map",
+            "--device",
+            "path=/x/0000:00:01.0",
+            "--device",
+            "path=/x/0000:00:02.0,id=b",
+        ])
+        .unwrap();
+        assert_eq!(c.devices().unwrap().len(), 2);
+        let c = parse(&[
+            "--print-memory-map",
+            "--device",
+            "path=/x/a",
+            "--device",
+            "path=/x/a",
+        ]);
+        assert!(matches!(
+            c.unwrap().devices(),
+            Err(ConfigError::DuplicateDevice(_))
+        ));
     }
 
     #[test]

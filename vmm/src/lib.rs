@@ -13,5 +13,6 @@ pub mod config;
 pub mod interrupts;
 pub mod loader;
 pub mod logger;
+pub mod memory_plan;
 pub mod signals;
 pub mod vstate;

@@ -7,6 +7,21 @@ use vmm::cli::Cli;
 fn main() {
     let cli = Cli::parse();
     vmm::logger::init(cli.log_level);
+    if cli.print_memory_map {
+        let result = cli
+            .devices()
+            .and_then(|d| cli.memory.parse::<vmm::config::Size>().map(|m| (d, m)))
+            .map_err(|e| e.to_string())
+            .and_then(|(devices, memory)| {
+                vmm::memory_plan::print_memory_map(memory.0, &devices, &mut std::io::stdout())
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = result {
+            eprintln!("vmm: error: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     let status = match cli
         .into_config()
         .map_err(BuilderError::from)

@@ -20,6 +20,8 @@
 //!
 //! This module only computes addresses and tables; it does not touch guest memory or KVM.
 
+use passthrough::memory_map::{DeviceRanges, NamedRange};
+use passthrough::{plan, IovaRange, MemoryMap, MemoryMapError, MemoryMapRequest};
 use vm_memory::GuestAddress;
 
 const KIB: u64 = 1 << 10;
@@ -137,6 +139,12 @@ pub enum LayoutError {
         /// Largest accepted size.
         max: u64,
     },
+    /// The planner could not place the RAM around the excluded ranges.
+    #[error("{0}")]
+    Plan(MemoryMapError),
+    /// A host range takes the low RAM the boot structures need.
+    #[error("guest RAM must start at address 0 (boot structures and the kernel live in the first {min} MiB), but {0} blocks it; pass through a different device", min = MIN_MEM_SIZE / MIB)]
+    LowRamBlocked(String),
     /// The requested memory is not a whole number of pages.
     #[error("guest memory size {size:#x} is not a multiple of 4 KiB; round it to whole pages")]
     Unaligned {
@@ -161,12 +169,41 @@ impl RamRegion {
     }
 }
 
-/// Splits `mem_size` bytes of RAM around the 32-bit MMIO hole: RAM from 0 up to
+/// Places `mem_size` bytes of RAM around the 32-bit MMIO hole: RAM from 0 up to
 /// [`MMIO32_START`], the rest from [`HIGH_RAM_START`].
 ///
 /// `mem_size` must be a multiple of 4 KiB, at least [`MIN_MEM_SIZE`], and the RAM must end
 /// below [`GUEST_PHYS_LIMIT`].
 pub fn ram_regions(mem_size: u64) -> Result<Vec<RamRegion>, LayoutError> {
+    Ok(plan_ram(mem_size, Vec::new())?.0)
+}
+
+/// The planner request for this layout: RAM anywhere below [`GUEST_PHYS_LIMIT`] except the
+/// 32-bit MMIO hole, plus the host ranges of the devices to be passed through.
+pub fn memory_map_request(mem_size: u64, devices: Vec<DeviceRanges>) -> MemoryMapRequest {
+    MemoryMapRequest {
+        ram_size: mem_size,
+        page_size: PAGE_SIZE,
+        base: 0,
+        limit: GUEST_PHYS_LIMIT.0 - 1,
+        // MMIO32_START < HIGH_RAM_START (checked at compile time above), so new() is Some.
+        fixed_windows: IovaRange::new(MMIO32_START.0, HIGH_RAM_START.0 - 1)
+            .map(|r| NamedRange::new(r, "x86 32-bit MMIO hole (PCI, ECAM, IOAPIC, LAPIC)"))
+            .into_iter()
+            .collect(),
+        devices,
+    }
+}
+
+/// Places `mem_size` bytes of RAM with the passthrough planner, avoiding the MMIO hole and
+/// every range in `devices`; returns the regions and the plan (for printing).
+///
+/// The boot structures and the kernel need RAM from 0 to [`MIN_MEM_SIZE`]; a device range
+/// that takes it away is an error naming the range.
+pub fn plan_ram(
+    mem_size: u64,
+    devices: Vec<DeviceRanges>,
+) -> Result<(Vec<RamRegion>, MemoryMap), LayoutError> {
     if mem_size < MIN_MEM_SIZE {
         return Err(LayoutError::TooSmall {
             size: mem_size,
@@ -176,8 +213,7 @@ pub fn ram_regions(mem_size: u64) -> Result<Vec<RamRegion>, LayoutError> {
     if mem_size & (PAGE_SIZE - 1) != 0 {
         return Err(LayoutError::Unaligned { size: mem_size });
     }
-    let low_max = MMIO32_START.0;
-    let max = low_max + (GUEST_PHYS_LIMIT.0 - HIGH_RAM_START.0);
+    let max = MMIO32_START.0 + (GUEST_PHYS_LIMIT.0 - HIGH_RAM_START.0);
     if mem_size > max {
         return Err(LayoutError::TooLarge {
             size: mem_size,
@@ -185,17 +221,32 @@ pub fn ram_regions(mem_size: u64) -> Result<Vec<RamRegion>, LayoutError> {
             max,
         });
     }
-    let mut regions = vec![RamRegion {
-        start: GuestAddress(0),
-        size: mem_size.min(low_max),
-    }];
-    if mem_size > low_max {
-        regions.push(RamRegion {
-            start: HIGH_RAM_START,
-            size: mem_size - low_max,
-        });
+    let map = plan(&memory_map_request(mem_size, devices)).map_err(LayoutError::Plan)?;
+    let regions: Vec<RamRegion> = map
+        .regions
+        .iter()
+        .map(|r| RamRegion {
+            start: GuestAddress(r.gpa),
+            size: r.size,
+        })
+        .collect();
+    match regions.first() {
+        Some(r) if r.start.0 == 0 && r.size >= MIN_MEM_SIZE => Ok((regions, map)),
+        _ => Err(LayoutError::LowRamBlocked(
+            map.excluded
+                .iter()
+                .find(|e| e.range.first_raw() < MIN_MEM_SIZE)
+                .map(|e| {
+                    format!(
+                        "{:#x}-{:#x} ({})",
+                        e.range.first_raw(),
+                        e.range.last_raw(),
+                        e.why
+                    )
+                })
+                .unwrap_or_else(|| "an excluded range".to_string()),
+        )),
     }
-    Ok(regions)
 }
 
 /// Type of an E820 range, with the BIOS numbering.
