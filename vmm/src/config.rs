@@ -359,7 +359,7 @@ mod tests {
         }
         let a: DeviceConfig = "path=/a/0000:00:03.0".parse().unwrap();
         let b: DeviceConfig = "path=/a/0000:00:03.0,id=other".parse().unwrap();
-        assert_eq!(check_unique_devices(&[a.clone()]), Ok(()));
+        assert_eq!(check_unique_devices(std::slice::from_ref(&a)), Ok(()));
         assert!(matches!(
             check_unique_devices(&[a, b]),
             Err(ConfigError::DuplicateDevice(_))
