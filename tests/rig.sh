@@ -3,6 +3,7 @@
 # resources/rig/README.md), the static VMM for each arch, and runs each scenario in each rig.
 #
 #   tests/rig.sh [ARCH...]      default: x86_64 aarch64 (or $RIG_ARCHES)
+#   RIG_SCENARIOS="iommufd l2-boot"  which scenarios (tests/rig/NAME.sh) to run
 #
 # Exit status: non-zero if any scenario failed; the serial logs are kept under
 # $RIG_CACHE/logs and their path is printed.
@@ -14,16 +15,17 @@ ARCHES=${*:-${RIG_ARCHES:-x86_64 aarch64}}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rig-tests.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-build_vmm() { # ARCH -> path of a static vmm binary
+build_bins() { # ARCH -> directory holding static vmm and iommufd-conformance binaries
     local arch=$1
     case "$arch" in
         x86_64)
             (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-                cargo build --release -p vmm --bin vmm --target x86_64-unknown-linux-gnu >&2)
-            echo "$ROOT/target/x86_64-unknown-linux-gnu/release/vmm" ;;
+                cargo build --release -p vmm --bin vmm -p passthrough --bin iommufd-conformance \
+                --target x86_64-unknown-linux-gnu >&2)
+            echo "$ROOT/target/x86_64-unknown-linux-gnu/release" ;;
         aarch64)
             bash "$RIG/cross-aarch64.sh" --build "$ROOT" >&2
-            echo "$ROOT/target/aarch64/aarch64-unknown-linux-gnu/release/vmm" ;;
+            echo "$ROOT/target/aarch64/aarch64-unknown-linux-gnu/release" ;;
     esac
 }
 
@@ -31,14 +33,16 @@ passed=0
 failed=0
 for arch in $ARCHES; do
     rig_log "== $arch: building the VMM"
-    vmm=$(build_vmm "$arch")
+    bins=$(build_bins "$arch")
     kernel=$(bash "$RIG/build-kernel.sh" "$arch")
     l2_initrd="$WORK/l2-$arch.cpio.gz"
     bash "$RIG/build-initramfs.sh" "$arch" "$l2_initrd" --scenario "$ROOT/tests/rig/l2-guest.sh" >/dev/null
-    for scenario in l2-boot; do
+    for scenario in ${RIG_SCENARIOS:-iommufd l2-boot}; do
         rig_log "== $arch: scenario $scenario"
         if bash "$RIG/run.sh" "$arch" "$ROOT/tests/rig/$scenario.sh" \
-            "$vmm=/rig/vmm" "$kernel=/rig/l2-kernel" "$l2_initrd=/rig/l2-initramfs.cpio.gz"; then
+            "$bins/vmm=/rig/vmm" "$bins/iommufd-conformance=/rig/iommufd-conformance" \
+            "$ROOT/tests/rig/l1-lib.sh=/rig/l1-lib.sh" \
+            "$kernel=/rig/l2-kernel" "$l2_initrd=/rig/l2-initramfs.cpio.gz"; then
             echo "rig: $arch $scenario: PASS"
             passed=$((passed + 1))
         else
