@@ -7,6 +7,7 @@
 //! * [`Serial`]: 16550A UART (0x3f8, IRQ 4) to stdout, a file or nowhere.
 //! * [`FwCfg`]: QEMU fw_cfg, legacy I/O (0x510..=0x511), CPU count and RAM size.
 //! * [`pci`]: the PCI root complex (ECAM, 0xcf8/0xcfc), BARs and MSI-X.
+//! * [`virtio`]: virtio-pci (modern) with virtio-blk and virtio-rng.
 //!
 //! What this crate does not do: it does not create the buses of a VM, run
 //! vCPUs or register irqfds; the VMM wires these devices in.
@@ -20,6 +21,7 @@ pub mod fw_cfg;
 pub mod i8042;
 pub mod pci;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use exit::{ExitError, ExitEvent};
@@ -33,4 +35,8 @@ pub use pci::{
 pub use serial::{
     EventFdTrigger, Serial, SerialError, SerialOutput, SERIAL_IRQ, SERIAL_PORT_BASE,
     SERIAL_PORT_LEN,
+};
+pub use virtio::{
+    parse_disk, Block, BlockError, DiskConfig, DiskConfigError, Rng, RngError, VirtioDevice,
+    VirtioPciDevice, VirtioPciError,
 };
