@@ -262,3 +262,34 @@ fn sigterm_and_sigint_stop_the_vm() {
     assert_eq!(stop_with(libc::SIGTERM), Some(128 + libc::SIGTERM));
     assert_eq!(stop_with(libc::SIGINT), Some(128 + libc::SIGINT));
 }
+
+#[test]
+fn bad_disks() {
+    require_kvm!();
+    assert_error(
+        &vmm(&[
+            "--kernel",
+            TINY_GUEST_ELF64,
+            "--disk",
+            "path=/nonexistent/disk.img",
+        ]),
+        "/nonexistent/disk.img",
+    );
+    let odd = write_temp("odd.img", &[0u8; 1000]);
+    let out = vmm(&[
+        "--kernel",
+        TINY_GUEST_ELF64,
+        "--disk",
+        &format!("path={}", odd.display()),
+    ]);
+    let _ = std::fs::remove_file(&odd);
+    assert_error(&out, "512");
+    assert_error(
+        &vmm(&["--kernel", TINY_GUEST_ELF64, "--disk", "file=/x"]),
+        "invalid --disk",
+    );
+    assert_error(
+        &vmm(&["--kernel", TINY_GUEST_ELF64, "--disk", "path=/tmp"]),
+        "/tmp",
+    );
+}

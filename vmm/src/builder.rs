@@ -17,11 +17,20 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::{self as arch, layout};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, HUGE_PAGE_2M, KIB};
+use crate::interrupts::kvm::{x86_legacy_routes, KvmRouting};
+use crate::interrupts::InterruptManager;
 use crate::loader::{self, BootConfig};
+use crate::pci::create_pci_segment;
 use crate::signals::{SignalsError, StopSignals};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuError, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
+use devices::pci::PciWindows;
+
+/// GSIs below this are the IOAPIC's pins; MSI vectors get GSIs from here on.
+const FIRST_MSI_GSI: u32 = 24;
+/// Routing table size we allow ourselves (KVM's limit is 4096).
+const MAX_GSI: u32 = 1024;
 
 /// xAPIC ids are 8 bits and 0xff is broadcast: the most vCPUs the boot protocols can name.
 const MAX_XAPIC_VCPUS: u32 = 254;
@@ -53,6 +62,9 @@ pub enum BuilderError {
     /// vCPU setup.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// PCI segment.
+    #[error(transparent)]
+    Pci(#[from] crate::pci::PciError),
     /// Signal setup.
     #[error(transparent)]
     Signals(#[from] SignalsError),
@@ -202,8 +214,32 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     }
 
     let exit = Arc::new(ExitEvent::new().map_err(dev_err)?);
-    let pio = Arc::new(create_pio_bus(&vm, config, &exit)?);
-    let mmio = Arc::new(Bus::new());
+    let mut pio = create_pio_bus(&vm, config, &exit)?;
+    let mut mmio = Bus::new();
+    let irq = Arc::new(InterruptManager::new(
+        Arc::new(KvmRouting { vm: vm.shared_fd() }),
+        &x86_legacy_routes(),
+        FIRST_MSI_GSI,
+        MAX_GSI,
+    ));
+    let pci = create_pci_segment(
+        vm.shared_fd(),
+        &mem,
+        &irq,
+        &PciWindows {
+            mmio32: layout::PCI_MMIO32_START.0
+                ..layout::PCI_MMIO32_START.0 + layout::PCI_MMIO32_SIZE,
+            mmio64: None,
+            io: None,
+        },
+        layout::ECAM_START.0,
+        &config.disks,
+        config.rng,
+        &mut pio,
+        &mut mmio,
+    )?;
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(mmio);
     let stop = Arc::new(AtomicBool::new(false));
 
     let supported = vm
@@ -256,6 +292,8 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     for h in handles {
         h.stop();
     }
+    // Device workers stop and MSI routes go before the VM and memory.
+    drop(pci);
     drop(mem);
     result
 }

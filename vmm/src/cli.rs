@@ -64,6 +64,14 @@ pub struct Cli {
     #[arg(long)]
     pub hugepages: bool,
 
+    /// A virtio-blk disk over a raw image file (size a multiple of 512); repeatable.
+    #[arg(long, value_name = "path=FILE[,readonly=on]")]
+    pub disk: Vec<String>,
+
+    /// A virtio-rng device fed from the host's /dev/urandom.
+    #[arg(long)]
+    pub rng: bool,
+
     /// A PCI device for passthrough, by sysfs path; repeatable. It must be bound to vfio-pci.
     /// (For now used by --print-memory-map; booting with passthrough comes next.)
     #[arg(
@@ -118,6 +126,14 @@ impl Cli {
                 MemoryBackend::Anonymous
             },
             hugepages: self.hugepages,
+            disks: self
+                .disk
+                .iter()
+                .map(|d| {
+                    devices::parse_disk(d).map_err(|e| ConfigError::InvalidDisk(e.to_string()))
+                })
+                .collect::<Result<_, _>>()?,
+            rng: self.rng,
         })
     }
 }
@@ -163,6 +179,11 @@ mod tests {
             "--hugepages",
             "--log-level",
             "debug",
+            "--disk",
+            "path=/tmp/a.img",
+            "--disk",
+            "path=/tmp/b.img,readonly=on",
+            "--rng",
         ])
         .unwrap();
         assert_eq!(c.log_level, log::LevelFilter::Debug);
@@ -174,6 +195,9 @@ mod tests {
         assert_eq!(c.serial, SerialConfig::File(PathBuf::from("/tmp/s")));
         assert_eq!(c.backend, MemoryBackend::Memfd);
         assert!(c.hugepages);
+        assert_eq!(c.disks.len(), 2);
+        assert!(c.disks[1].readonly && !c.disks[0].readonly);
+        assert!(c.rng);
     }
 
     #[test]
@@ -211,6 +235,8 @@ mod tests {
         assert!(parse(&["--kernel", "k", "--log-level", "loud"]).is_err());
         let c = parse(&["--kernel", "k", "--memory", "lots"]).unwrap();
         assert!(matches!(c.into_config(), Err(ConfigError::InvalidSize(_))));
+        let c = parse(&["--kernel", "k", "--disk", "file=/x"]).unwrap();
+        assert!(matches!(c.into_config(), Err(ConfigError::InvalidDisk(_))));
         let c = parse(&["--kernel", "k", "--serial", "tty"]).unwrap();
         assert!(matches!(
             c.into_config(),

@@ -68,6 +68,9 @@ pub enum ConfigError {
     /// The same device twice.
     #[error("--device {0} is given twice: pass each device once")]
     DuplicateDevice(String),
+    /// A --disk spec that does not parse.
+    #[error("invalid --disk: {0}")]
+    InvalidDisk(String),
     /// A serial spec that is not stdio, off or file=PATH.
     #[error("invalid --serial '{0}': use stdio, off or file=PATH")]
     InvalidSerial(String),
@@ -220,6 +223,10 @@ pub struct VmConfig {
     pub backend: MemoryBackend,
     /// Back RAM with 2 MiB hugetlb pages.
     pub hugepages: bool,
+    /// virtio-blk disks.
+    pub disks: Vec<devices::DiskConfig>,
+    /// A virtio-rng device.
+    pub rng: bool,
 }
 
 /// Host facts that bound a configuration.
@@ -281,6 +288,8 @@ mod tests {
             serial: SerialConfig::Stdio,
             backend: MemoryBackend::Anonymous,
             hugepages: false,
+            disks: Vec::new(),
+            rng: false,
         }
     }
 

@@ -14,5 +14,6 @@ pub mod interrupts;
 pub mod loader;
 pub mod logger;
 pub mod memory_plan;
+pub mod pci;
 pub mod signals;
 pub mod vstate;

@@ -1,6 +1,8 @@
 //! The KVM VM: /dev/kvm, the VM fd, the in-kernel interrupt controllers and memory slots.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use std::sync::Arc;
+
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
@@ -36,7 +38,7 @@ fn ioctl<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, Vm
 /// A KVM virtual machine.
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    fd: Arc<VmFd>,
 }
 
 impl Vm {
@@ -48,7 +50,10 @@ impl Vm {
             _ => VmError::OpenKvm(e),
         })?;
         let fd = ioctl("KVM_CREATE_VM", kvm.create_vm())?;
-        Ok(Vm { kvm, fd })
+        Ok(Vm {
+            kvm,
+            fd: Arc::new(fd),
+        })
     }
 
     /// The system fd.
@@ -59,6 +64,11 @@ impl Vm {
     /// The VM fd.
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// The VM fd, shared (for the interrupt manager and device callbacks).
+    pub fn shared_fd(&self) -> Arc<VmFd> {
+        self.fd.clone()
     }
 
     /// The most vCPUs this VM may have.

@@ -1,0 +1,161 @@
+//! The VMM's PCI segment: the root complex on the I/O buses (ECAM, and 0xCF8 on x86), its
+//! devices' MSI-X vectors on the interrupt manager, and the emulated virtio devices with
+//! their queue-notify ioeventfds, which follow the virtio BAR when the guest moves it.
+//!
+//! What this module does not do: config-space semantics (devices::pci) or device models
+//! (devices::virtio).
+//!
+//! Lock order: the BAR-move callback runs with the `PciRoot` locked and then locks one
+//! device; nothing here locks a device and then the root.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use devices::pci::{
+    BarReprogram, MsiInterruptGroup, PciBdf, PciConfigIo, PciConfigMmio, PciRoot, PciWindowKind,
+    PciWindows, ECAM_BUS_SIZE, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_LEN,
+};
+use devices::virtio::{VirtioDevice, VirtioPciDevice};
+use devices::{Block, Bus, DiskConfig, Rng};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::interrupts::InterruptManager;
+
+/// Errors building the PCI segment.
+#[derive(Debug, thiserror::Error)]
+pub enum PciError {
+    /// The root could not be built or a device added.
+    #[error("PCI: {0}")]
+    Root(#[from] devices::pci::PciRootError),
+    /// A disk could not be opened.
+    #[error(transparent)]
+    Block(#[from] devices::BlockError),
+    /// The rng could not be created.
+    #[error(transparent)]
+    Rng(#[from] devices::RngError),
+    /// A virtio transport could not be built.
+    #[error(transparent)]
+    Virtio(#[from] devices::VirtioPciError),
+    /// MSI vectors could not be allocated.
+    #[error(transparent)]
+    Interrupts(#[from] crate::interrupts::InterruptManagerError),
+    /// A bus range was taken.
+    #[error("PCI: {0}")]
+    Bus(#[from] devices::BusError),
+}
+
+type VirtioDevices = Arc<Mutex<HashMap<PciBdf, Arc<Mutex<VirtioPciDevice>>>>>;
+
+/// The PCI segment of a VM. Dropping it removes the devices' routes and irqfds (their
+/// `MsiGroup`s) and stops their worker threads.
+pub struct PciSegment {
+    /// The root complex.
+    pub root: Arc<Mutex<PciRoot>>,
+    devices: VirtioDevices,
+}
+
+impl PciSegment {
+    /// Number of emulated virtio functions.
+    pub fn virtio_count(&self) -> usize {
+        self.devices.lock().map(|d| d.len()).unwrap_or(0)
+    }
+}
+
+/// Moves a device's queue ioeventfds from the BAR's old address to its new one.
+fn move_notifiers(vm: &VmFd, dev: &Mutex<VirtioPciDevice>, bdf: PciBdf, r: &BarReprogram) {
+    if r.bar != devices::virtio::VIRTIO_BAR {
+        return;
+    }
+    let dev = dev.lock().unwrap_or_else(|e| e.into_inner());
+    for (base, register) in [(r.old, false), (r.new, true)] {
+        let Some(base) = base else { continue };
+        let Ok(notifiers) = dev.notify_addresses(base) else {
+            log::error!("PCI {bdf}: cannot get the queue notifiers");
+            continue;
+        };
+        for (addr, evt) in notifiers {
+            let a = IoEventAddress::Mmio(addr);
+            let res = if register {
+                vm.register_ioevent(&evt, &a, NoDatamatch)
+            } else {
+                vm.unregister_ioevent(&evt, &a, NoDatamatch)
+            };
+            if let Err(e) = res {
+                // Without the ioeventfd the notify write still reaches the device as MMIO.
+                log::warn!("PCI {bdf}: queue notify ioeventfd at {addr:#x}: {e}");
+            }
+        }
+    }
+}
+
+/// Builds bus 0 with the emulated devices and puts its config-space and BAR windows on the
+/// VM's buses.
+#[allow(clippy::too_many_arguments)]
+pub fn create_pci_segment(
+    vm: Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    irq: &Arc<InterruptManager>,
+    windows: &PciWindows,
+    ecam_base: u64,
+    disks: &[DiskConfig],
+    rng: bool,
+    pio: &mut Bus,
+    mmio: &mut Bus,
+) -> Result<PciSegment, PciError> {
+    let mut root = PciRoot::new(windows)?;
+    let devices: VirtioDevices = Arc::new(Mutex::new(HashMap::new()));
+    {
+        let devices = devices.clone();
+        let vm = vm.clone();
+        root.set_bar_move_callback(Box::new(move |bdf, r| {
+            let dev = devices.lock().ok().and_then(|d| d.get(&bdf).cloned());
+            if let Some(dev) = dev {
+                move_notifiers(&vm, &dev, bdf, r);
+            }
+        }));
+    }
+
+    let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for d in disks {
+        models.push(Box::new(Block::new(d)?));
+    }
+    if rng {
+        models.push(Box::new(Rng::new()?));
+    }
+    for model in models {
+        let vectors = VirtioPciDevice::msix_vector_count(model.as_ref());
+        // x86 MSIs need no DeviceID; aarch64 will pass the requester ID here.
+        let group: Arc<dyn MsiInterruptGroup> = Arc::new(irq.msi_group(vectors, None)?);
+        let dev = Arc::new(Mutex::new(VirtioPciDevice::new(model, mem.clone(), group)?));
+        let bdf = root.add_device(dev.clone())?;
+        log::info!("PCI {bdf}: virtio device with {vectors} MSI-X vectors");
+        devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(bdf, dev);
+    }
+
+    let windows_devs = root.window_devices();
+    let root = Arc::new(Mutex::new(root));
+    mmio.insert(
+        Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+        ecam_base,
+        ECAM_BUS_SIZE,
+    )?;
+    #[cfg(target_arch = "x86_64")]
+    pio.insert(
+        Arc::new(Mutex::new(PciConfigIo::new(root.clone()))),
+        PCI_CONFIG_IO_PORT,
+        PCI_CONFIG_IO_PORT_LEN,
+    )?;
+    for w in windows_devs {
+        let bus = if w.kind == PciWindowKind::Io {
+            &mut *pio
+        } else {
+            &mut *mmio
+        };
+        bus.insert(w.device, w.base, w.len)?;
+    }
+    Ok(PciSegment { root, devices })
+}
