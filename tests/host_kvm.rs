@@ -182,3 +182,48 @@ fn hugepages_beyond_what_is_reserved_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("more than the host can give"), "{stderr}");
 }
+
+#[test]
+fn guest_enumerates_pci_and_receives_msix_through_irqfd() {
+    require_kvm!();
+    let disk = scratch("msix.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    for vcpus in [1u32, 2] {
+        let out = Command::new(VMM)
+            .args(["--kernel", TINY_GUEST_ELF64, "--memory", "64M", "--rng"])
+            .args(["--disk", &format!("path={}", disk.display())])
+            .args(["--vcpus", &vcpus.to_string()])
+            .args(["--cmdline", "exit=3 rng_loops=10"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let ctx = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("tiny-guest: pci devices=3"), "{ctx}");
+        assert!(
+            stdout.contains("tiny-guest: pci 00:00.0 8086:0d57"),
+            "{ctx}"
+        );
+        assert!(
+            stdout.contains("tiny-guest: pci 00:01.0 1af4:1042"),
+            "{ctx}"
+        );
+        assert!(
+            stdout.contains("tiny-guest: pci 00:02.0 1af4:1044"),
+            "{ctx}"
+        );
+        assert!(
+            stdout.contains("tiny-guest: virtio-rng msix irq=1 used_len=64 nonzero=1"),
+            "{ctx}"
+        );
+        assert!(
+            stdout.contains("tiny-guest: virtio-rng loops=10 irqs=10 "),
+            "{ctx}"
+        );
+        assert!(stdout.contains("tiny-guest: msix mask ok"), "{ctx}");
+        assert_eq!(out.status.code(), Some(7), "{ctx}");
+    }
+    let _ = std::fs::remove_file(&disk);
+}

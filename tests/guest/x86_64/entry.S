@@ -94,6 +94,59 @@ ap_entry64:
     call ap_main
     jmp park
 
+/*
+ * Interrupt entry points (guest.c builds the IDT from them).
+ * isr_stubs + 16 * v: vector v, unexpected. Pushes a dummy error code where
+ * the CPU pushes none, then the vector, and calls unexpected_vector(vector,
+ * error code, rip), which never returns.
+ */
+    .balign 16
+    .globl isr_stubs
+isr_stubs:
+    .set v, 0
+    .rept 256
+    .balign 16
+    .if !((v == 8) || ((v >= 10) && (v <= 14)) || (v == 17) || (v == 21) || (v == 29) || (v == 30))
+    pushq $0
+    .endif
+    pushq $v
+    jmp isr_unexpected
+    .set v, v + 1
+    .endr
+
+isr_unexpected:
+    movq (%rsp), %rdi
+    movq 8(%rsp), %rsi
+    movq 16(%rsp), %rdx
+    andq $-16, %rsp
+    call unexpected_vector
+    jmp park
+
+/* VEC_MSIX: count it, EOI. Touches no register but RAX (saved). */
+    .globl isr_msix
+isr_msix:
+    pushq %rax
+    incl msix_irqs(%rip)
+    movq lapic_eoi_reg(%rip), %rax
+    movl $0, (%rax)
+    popq %rax
+    iretq
+
+/* VEC_TIMER: the LAPIC one-shot timer that bounds every wait. */
+    .globl isr_timer
+isr_timer:
+    pushq %rax
+    incl timer_irqs(%rip)
+    movq lapic_eoi_reg(%rip), %rax
+    movl $0, (%rax)
+    popq %rax
+    iretq
+
+/* VEC_SPURIOUS (the LAPIC's spurious vector): no EOI, per the SDM. */
+    .globl isr_spurious
+isr_spurious:
+    iretq
+
 /* ---- AP real-mode trampoline, copied to TRAMP_ADDR by the BSP ---- */
     .section .tramp16, "a"
     .code16
@@ -110,6 +163,8 @@ tramp_start:
 tramp_gdt_ptr:
     .word gdt_end - gdt - 1
     .long gdt
+    /* gas pads every code section (isr_stubs' .balign) with NOPs of the last .code mode. */
+    .code64
 
 /* ---- Data ---- */
     .data
@@ -128,7 +183,8 @@ gdt_ptr:
 /*
  * Identity map of the first 4 GiB with 2 MiB pages, built by the assembler
  * (no run-time loop: every instruction is expensive under the host emulator).
- * The 2 MiB page holding the xAPIC (0xFEE00000) is uncached (PCD|PWT).
+ * Everything from UC_START up (PCI BAR windows, ECAM, IOAPIC, xAPIC) is
+ * uncached (PCD|PWT); the guest never uses RAM there.
  */
     .balign 4096
     .globl pml4
@@ -141,7 +197,7 @@ pdpt:
 pd:
     .set i, 0
     .rept 2048
-    .if i == (0xFEE00000 >> 21)
+    .if i >= (UC_START >> 21)
     .quad (i << 21) | 0x9B      /* P | RW | PWT | PCD | PS */
     .else
     .quad (i << 21) | 0x83      /* P | RW | PS */

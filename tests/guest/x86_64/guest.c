@@ -25,6 +25,8 @@ typedef uint64_t u64;
 
 #define EXIT_CPU_MISMATCH 0x71
 #define EXIT_BAD_MAGIC 0x72
+#define EXIT_UNEXPECTED_VECTOR 0x73
+#define EXIT_PCI_FAILED 0x74
 
 #define MSR_APIC_BASE 0x1b
 #define APIC_BASE_ENABLE (1u << 11)
@@ -63,6 +65,13 @@ static inline u8 inb(u16 port)
 {
     u8 v;
     __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+
+static inline u32 inl(u16 port)
+{
+    u32 v;
+    __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
     return v;
 }
 
@@ -125,20 +134,26 @@ static void serial_puts(const char *s)
         serial_putc(*s++);
 }
 
-static void put_u64(u64 v, u32 base)
+/* At least `width` digits, zero-padded. */
+static void put_u64(u64 v, u32 base, u32 width)
 {
-    char buf[20];
-    int n = 0;
+    char buf[24];
+    u32 n = 0;
     do {
         u32 d = (u32)(v % base);
         buf[n++] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
         v /= base;
     } while (v);
+    while (n < width && n < sizeof(buf))
+        buf[n++] = '0';
     while (n)
         serial_putc(buf[--n]);
 }
 
-/* %s, %u (u64), %x (u64): every numeric argument must be passed as u64. */
+/*
+ * %s, %u (u64), %x (u64), with an optional one-digit zero-padded width
+ * (%4x): every numeric argument must be passed as u64.
+ */
 static void kprintf(const char *fmt, ...)
 {
     va_list ap;
@@ -148,15 +163,20 @@ static void kprintf(const char *fmt, ...)
             serial_putc(*fmt);
             continue;
         }
+        u32 width = 0;
+        if (fmt[1] >= '1' && fmt[1] <= '9' && fmt[2]) {
+            width = (u32)(fmt[1] - '0');
+            fmt++;
+        }
         switch (*++fmt) {
         case 's':
             serial_puts(va_arg(ap, const char *));
             break;
         case 'u':
-            put_u64(va_arg(ap, u64), 10);
+            put_u64(va_arg(ap, u64), 10, width);
             break;
         case 'x':
-            put_u64(va_arg(ap, u64), 16);
+            put_u64(va_arg(ap, u64), 16, width);
             break;
         default:
             serial_putc('%');
@@ -236,20 +256,27 @@ static void read_multiboot(u32 magic, u32 info_addr)
     }
 }
 
-/* "exit=<decimal>" as a whole word of the cmdline; default 0. */
-static u32 parse_exit_code(const char *s)
+/* "<key>=<decimal>" as a whole word of the cmdline; `dflt` if absent. */
+static u32 parse_u32_param(const char *s, const char *key, u32 dflt)
 {
     for (u32 i = 0; s[i]; i++) {
-        if ((i == 0 || s[i - 1] == ' ') && s[i] == 'e' && s[i + 1] == 'x' && s[i + 2] == 'i' &&
-            s[i + 3] == 't' && s[i + 4] == '=') {
-            u32 v = 0;
-            for (const char *d = s + i + 5; *d >= '0' && *d <= '9'; d++)
-                v = v * 10 + (u32)(*d - '0');
-            return v;
-        }
+        if (i != 0 && s[i - 1] != ' ')
+            continue;
+        u32 k = 0;
+        while (key[k] && s[i + k] == key[k])
+            k++;
+        if (key[k] || s[i + k] != '=')
+            continue;
+        u32 v = 0;
+        for (const char *d = s + i + k + 1; *d >= '0' && *d <= '9'; d++)
+            v = v * 10 + (u32)(*d - '0');
+        return v;
     }
-    return 0;
+    return dflt;
 }
+
+/* "exit=<decimal>" as a whole word of the cmdline; default 0. */
+static u32 parse_exit_code(const char *s) { return parse_u32_param(s, "exit", 0); }
 
 /* ---- fw_cfg (legacy I/O ports) ---- */
 
@@ -324,6 +351,564 @@ static u32 start_aps(u32 expected_cpus)
     return 1 + ap_online;
 }
 
+/* ---- interrupts: IDT, LAPIC timer as a timeout ---- */
+
+#define LAPIC_ID 0x020
+#define LAPIC_EOI 0x0b0
+#define LAPIC_LVT_TIMER 0x320
+#define LAPIC_TIMER_INIT 0x380
+#define LAPIC_TIMER_DIV 0x3e0
+#define LAPIC_TIMER_DIV_1 0xb
+
+/* Timeouts in LAPIC timer ticks at divide-by-1: 1 ns each under KVM and QEMU. */
+#define WAIT_TIMEOUT 2000000000u  /* 2 s for a request to complete */
+#define MASK_WINDOW 20000000u     /* 20 ms in which a masked vector must stay quiet */
+#define TSC_POLL_TIMEOUT 10000000000ull
+#define POLL_MAX_SPINS 20000000u
+
+/* Defined in entry.S. */
+extern const u8 isr_stubs[];
+extern void isr_msix(void), isr_timer(void), isr_spurious(void);
+
+/* Read and written by the handlers in entry.S. */
+volatile u32 msix_irqs;
+volatile u32 timer_irqs;
+u64 lapic_eoi_reg;
+
+static uintptr_t lapic_base;
+
+struct idt_gate {
+    u16 off_lo, sel;
+    u8 ist, attr;
+    u16 off_mid;
+    u32 off_hi, zero;
+} __attribute__((packed));
+
+static struct idt_gate idt[256] __attribute__((aligned(16)));
+
+static void idt_set(u32 v, uintptr_t handler)
+{
+    idt[v].off_lo = (u16)handler;
+    idt[v].sel = SEL_CODE64;
+    idt[v].ist = 0;
+    idt[v].attr = 0x8e; /* present, DPL 0, 64-bit interrupt gate */
+    idt[v].off_mid = (u16)(handler >> 16);
+    idt[v].off_hi = (u32)(handler >> 32);
+    idt[v].zero = 0;
+}
+
+static void idt_install(void)
+{
+    for (u32 v = 0; v < 256; v++)
+        idt_set(v, (uintptr_t)isr_stubs + 16 * v);
+    idt_set(VEC_MSIX, (uintptr_t)isr_msix);
+    idt_set(VEC_TIMER, (uintptr_t)isr_timer);
+    idt_set(VEC_SPURIOUS, (uintptr_t)isr_spurious);
+    struct {
+        u16 limit;
+        u64 base;
+    } __attribute__((packed)) ptr = {sizeof(idt) - 1, (u64)(uintptr_t)idt};
+    __asm__ volatile("lidt %0" : : "m"(ptr) : "memory");
+}
+
+/* Called by entry.S for any vector without a handler of its own. */
+__attribute__((noreturn)) void unexpected_vector(u64 vector, u64 error, u64 rip)
+{
+    kprintf("tiny-guest: ERROR unexpected vector 0x%x error=0x%x rip=0x%x\n", vector, error, rip);
+    kprintf("tiny-guest: exit code=%u\n", (u64)EXIT_UNEXPECTED_VECTOR);
+    outl(EXIT_PORT, EXIT_UNEXPECTED_VECTOR);
+    halt_forever();
+}
+
+static inline void lapic_w(u32 reg, u32 v) { *(volatile u32 *)(lapic_base + reg) = v; }
+static inline u32 lapic_r(u32 reg) { return *(volatile u32 *)(lapic_base + reg); }
+
+static void interrupts_init(void)
+{
+    /* Nothing from the 8259s (firmware may have left the PIT ticking). */
+    outb(0x21, 0xff);
+    outb(0xa1, 0xff);
+    u64 apic_base_msr = rdmsr(MSR_APIC_BASE);
+    lapic_base = (uintptr_t)(apic_base_msr & 0xfffff000u);
+    lapic_eoi_reg = lapic_base + LAPIC_EOI;
+    lapic_w(LAPIC_TIMER_INIT, 0);
+    lapic_w(LAPIC_TIMER_DIV, LAPIC_TIMER_DIV_1);
+    lapic_w(LAPIC_LVT_TIMER, VEC_TIMER); /* one-shot, unmasked */
+    msix_irqs = 0;
+    timer_irqs = 0;
+    idt_install();
+}
+
+/*
+ * Halts with interrupts enabled until at least `irqs` MSI-X interrupts have
+ * been counted and *used_idx == used_want, or until the LAPIC timer fires
+ * after `timeout` ticks. Interrupts are off again on return. 1 if the
+ * condition was met.
+ */
+static int wait_irq(u32 irqs, const volatile u16 *used_idx, u16 used_want, u32 timeout)
+{
+    u32 timer_start = timer_irqs;
+    int ok;
+    lapic_w(LAPIC_TIMER_INIT, timeout);
+    for (;;) {
+        if (msix_irqs >= irqs && *used_idx == used_want) {
+            ok = 1;
+            break;
+        }
+        if (timer_irqs != timer_start) {
+            ok = 0;
+            break;
+        }
+        /* STI's one-instruction shadow: nothing is taken before HLT. */
+        __asm__ volatile("sti; hlt; cli" : : : "memory");
+    }
+    lapic_w(LAPIC_TIMER_INIT, 0);
+    return ok;
+}
+
+/* ---- PCI (configuration mechanism #1, bus 0) ---- */
+
+#define PCI_CFG_ADDR 0xcf8
+#define PCI_CFG_DATA 0xcfc
+#define PCI_COMMAND 0x04
+#define PCI_COMMAND_MEMORY 0x2
+#define PCI_COMMAND_MASTER 0x4
+#define PCI_STATUS_CAP_LIST (1u << 20) /* in the dword at 0x04 */
+#define PCI_HEADER_TYPE 0x0c           /* byte 2 of that dword */
+#define PCI_BAR0 0x10
+#define PCI_CAP_PTR 0x34
+#define PCI_CAP_ID_VNDR 0x09
+#define PCI_CAP_ID_MSIX 0x11
+#define MSIX_CTRL_ENABLE 0x8000
+#define MSIX_CTRL_MASKALL 0x4000
+
+#define VIRTIO_VENDOR 0x1af4
+#define VIRTIO_RNG_DEVICE 0x1044
+
+static inline u32 pci_addr(u32 dev, u32 fn, u32 reg) { return 0x80000000u | dev << 11 | fn << 8 | (reg & 0xfc); }
+
+static u32 pci_read32(u32 dev, u32 fn, u32 reg)
+{
+    outl(PCI_CFG_ADDR, pci_addr(dev, fn, reg));
+    return inl(PCI_CFG_DATA);
+}
+
+static void pci_write16(u32 dev, u32 fn, u32 reg, u16 v)
+{
+    outl(PCI_CFG_ADDR, pci_addr(dev, fn, reg));
+    outw((u16)(PCI_CFG_DATA + (reg & 2)), v);
+}
+
+static u16 pci_read16(u32 dev, u32 fn, u32 reg) { return (u16)(pci_read32(dev, fn, reg) >> (8 * (reg & 2))); }
+
+/* Memory BAR `bir`'s address (64-bit BARs included); 0 if none or unassigned. */
+static u64 pci_bar(u32 dev, u32 fn, u32 bir)
+{
+    if (bir > 5)
+        return 0;
+    u32 lo = pci_read32(dev, fn, PCI_BAR0 + 4 * bir);
+    if (lo & 1)
+        return 0; /* I/O BAR */
+    u64 addr = lo & ~0xfu;
+    if (((lo >> 1) & 3) == 2) {
+        if (bir == 5)
+            return 0;
+        addr |= (u64)pci_read32(dev, fn, PCI_BAR0 + 4 * bir + 4) << 32;
+    }
+    return addr;
+}
+
+/* ---- MMIO (every BAR is below 4 GiB in the uncached part of the identity map) ---- */
+
+static inline u8 mmio_r8(u64 a) { return *(volatile u8 *)(uintptr_t)a; }
+static inline u16 mmio_r16(u64 a) { return *(volatile u16 *)(uintptr_t)a; }
+static inline u32 mmio_r32(u64 a) { return *(volatile u32 *)(uintptr_t)a; }
+static inline void mmio_w8(u64 a, u8 v) { *(volatile u8 *)(uintptr_t)a = v; }
+static inline void mmio_w16(u64 a, u16 v) { *(volatile u16 *)(uintptr_t)a = v; }
+static inline void mmio_w32(u64 a, u32 v) { *(volatile u32 *)(uintptr_t)a = v; }
+/* Two halves, low first, as drivers do (a 64-bit field need not take 8-byte accesses). */
+static inline void mmio_w64(u64 a, u64 v)
+{
+    mmio_w32(a, (u32)v);
+    mmio_w32(a + 4, (u32)(v >> 32));
+}
+
+static inline int mmio_usable(u64 a, u64 len) { return a >= UC_START && len <= (1ull << 32) && a <= (1ull << 32) - len; }
+
+/* ---- virtio-rng over virtio-pci (modern), one queue, MSI-X vector 0 ---- */
+
+/* virtio_pci_common_cfg */
+#define VC_DEVICE_FEATURE_SELECT 0x00
+#define VC_DEVICE_FEATURE 0x04
+#define VC_DRIVER_FEATURE_SELECT 0x08
+#define VC_DRIVER_FEATURE 0x0c
+#define VC_MSIX_CONFIG 0x10
+#define VC_NUM_QUEUES 0x12
+#define VC_DEVICE_STATUS 0x14
+#define VC_QUEUE_SELECT 0x16
+#define VC_QUEUE_SIZE 0x18
+#define VC_QUEUE_MSIX_VECTOR 0x1a
+#define VC_QUEUE_ENABLE 0x1c
+#define VC_QUEUE_NOTIFY_OFF 0x1e
+#define VC_QUEUE_DESC 0x20
+#define VC_QUEUE_DRIVER 0x28
+#define VC_QUEUE_DEVICE 0x30
+#define VC_COMMON_LEN 0x38
+
+#define VIRTIO_PCI_CAP_COMMON_CFG 1
+#define VIRTIO_PCI_CAP_NOTIFY_CFG 2
+#define VIRTIO_PCI_CAP_ISR_CFG 3
+
+#define VIRTIO_STATUS_ACKNOWLEDGE 1
+#define VIRTIO_STATUS_DRIVER 2
+#define VIRTIO_STATUS_DRIVER_OK 4
+#define VIRTIO_STATUS_FEATURES_OK 8
+#define VIRTIO_STATUS_NEEDS_RESET 0x40
+#define VIRTIO_STATUS_FAILED 0x80
+#define VIRTIO_F_VERSION_1_HI 1 /* feature bit 32: bit 0 of feature word 1 */
+#define VIRTIO_MSI_NO_VECTOR 0xffff
+#define VIRTQ_DESC_F_WRITE 2
+
+#define RNG_QSIZE 8
+#define RNG_BUF_LEN 64
+
+struct virtq_desc {
+    u64 addr;
+    u32 len;
+    u16 flags, next;
+};
+
+struct virtq_avail {
+    u16 flags, idx;
+    u16 ring[RNG_QSIZE];
+    u16 used_event;
+};
+
+struct virtq_used {
+    u16 flags, idx;
+    struct {
+        u32 id, len;
+    } ring[RNG_QSIZE];
+    u16 avail_event;
+};
+
+/* The queue and its buffer, in .bss (identity-mapped guest RAM). */
+static volatile struct {
+    struct virtq_desc desc[RNG_QSIZE]; /* 16-byte aligned */
+    struct virtq_avail avail;          /* 2-byte aligned */
+    struct virtq_used used __attribute__((aligned(4096)));
+    u8 buf[RNG_BUF_LEN] __attribute__((aligned(64)));
+} rngq __attribute__((aligned(4096)));
+
+struct virtio_dev {
+    u32 dev, fn;
+    u64 common, notify, isr;
+    u32 notify_mult;
+    u32 msix_cap, msix_vectors;
+    u64 msix_table, msix_pba;
+    u16 qsize, avail_idx, used_seen;
+    u64 notify_addr;
+};
+
+static int fail(const char *what, u64 value)
+{
+    kprintf("tiny-guest: ERROR %s (0x%x)\n", what, value);
+    return 1;
+}
+
+/* Finds the virtio areas and the MSI-X table from the capability list. */
+static int virtio_parse_caps(struct virtio_dev *v)
+{
+    if (!(pci_read32(v->dev, v->fn, PCI_COMMAND) & PCI_STATUS_CAP_LIST))
+        return fail("virtio-rng has no capability list", 0);
+    u32 ptr = pci_read32(v->dev, v->fn, PCI_CAP_PTR) & 0xfc;
+    for (u32 n = 0; n < 48 && ptr >= 0x40; n++) {
+        u32 hdr = pci_read32(v->dev, v->fn, ptr);
+        u32 id = hdr & 0xff;
+        if (id == PCI_CAP_ID_VNDR) {
+            u32 cfg_type = hdr >> 24;
+            u32 bir = pci_read32(v->dev, v->fn, ptr + 4) & 0xff;
+            u32 off = pci_read32(v->dev, v->fn, ptr + 8);
+            u32 len = pci_read32(v->dev, v->fn, ptr + 12);
+            u64 bar = pci_bar(v->dev, v->fn, bir);
+            u64 *slot = cfg_type == VIRTIO_PCI_CAP_COMMON_CFG   ? &v->common
+                        : cfg_type == VIRTIO_PCI_CAP_NOTIFY_CFG ? &v->notify
+                        : cfg_type == VIRTIO_PCI_CAP_ISR_CFG    ? &v->isr
+                                                                : 0;
+            u32 need = cfg_type == VIRTIO_PCI_CAP_COMMON_CFG ? VC_COMMON_LEN : cfg_type == VIRTIO_PCI_CAP_NOTIFY_CFG ? 2 : 1;
+            /* The first usable capability of each type wins (virtio 1.x 4.1.4). */
+            if (slot && !*slot && bar && len >= need && mmio_usable(bar + off, len)) {
+                *slot = bar + off;
+                if (cfg_type == VIRTIO_PCI_CAP_NOTIFY_CFG)
+                    v->notify_mult = pci_read32(v->dev, v->fn, ptr + 16);
+            }
+        } else if (id == PCI_CAP_ID_MSIX && !v->msix_cap) {
+            v->msix_cap = ptr;
+            v->msix_vectors = ((hdr >> 16) & 0x7ff) + 1;
+            u32 table = pci_read32(v->dev, v->fn, ptr + 4);
+            u32 pba = pci_read32(v->dev, v->fn, ptr + 8);
+            u64 tbar = pci_bar(v->dev, v->fn, table & 7), pbar = pci_bar(v->dev, v->fn, pba & 7);
+            if (tbar && mmio_usable(tbar + (table & ~7u), 16))
+                v->msix_table = tbar + (table & ~7u);
+            if (pbar && mmio_usable(pbar + (pba & ~7u), 4))
+                v->msix_pba = pbar + (pba & ~7u);
+        }
+        ptr = (hdr >> 8) & 0xfc;
+    }
+    if (!v->common)
+        return fail("virtio-rng: no usable common config capability", 0);
+    if (!v->notify)
+        return fail("virtio-rng: no usable notify capability", 0);
+    if (!v->isr)
+        return fail("virtio-rng: no usable ISR capability", 0);
+    if (!v->msix_cap)
+        return fail("virtio-rng: no MSI-X capability", 0);
+    if (!v->msix_table || !v->msix_pba)
+        return fail("virtio-rng: MSI-X table or PBA BAR unassigned or above 4 GiB", v->msix_table);
+    return 0;
+}
+
+/* MSI-X entry 0 -> this CPU, vector VEC_MSIX, fixed, edge; then MSI-X on. */
+static int msix_setup(struct virtio_dev *v)
+{
+    u32 apic_id = lapic_r(LAPIC_ID) >> 24;
+    mmio_w32(v->msix_table + 0, 0xfee00000u | apic_id << 12);
+    mmio_w32(v->msix_table + 4, 0);
+    mmio_w32(v->msix_table + 8, VEC_MSIX);
+    mmio_w32(v->msix_table + 12, 0);
+    if (mmio_r32(v->msix_table + 8) != VEC_MSIX || (mmio_r32(v->msix_table + 12) & 1))
+        return fail("MSI-X table entry 0 did not take", mmio_r32(v->msix_table + 12));
+    u16 ctrl = pci_read16(v->dev, v->fn, v->msix_cap + 2);
+    pci_write16(v->dev, v->fn, v->msix_cap + 2, (u16)((ctrl | MSIX_CTRL_ENABLE) & ~MSIX_CTRL_MASKALL));
+    ctrl = pci_read16(v->dev, v->fn, v->msix_cap + 2);
+    if ((ctrl & (MSIX_CTRL_ENABLE | MSIX_CTRL_MASKALL)) != MSIX_CTRL_ENABLE)
+        return fail("MSI-X enable did not take", ctrl);
+    return 0;
+}
+
+/* Device initialization, virtio 1.x 3.1.1: one queue, vector 0. */
+static int virtio_rng_init(struct virtio_dev *v)
+{
+    u64 c = v->common;
+    mmio_w8(c + VC_DEVICE_STATUS, 0);
+    for (u32 n = 0; mmio_r8(c + VC_DEVICE_STATUS) != 0; n++)
+        if (n > 1000)
+            return fail("virtio-rng reset did not complete", mmio_r8(c + VC_DEVICE_STATUS));
+    mmio_w8(c + VC_DEVICE_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
+    mmio_w8(c + VC_DEVICE_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
+
+    mmio_w32(c + VC_DEVICE_FEATURE_SELECT, 1);
+    u32 hi = mmio_r32(c + VC_DEVICE_FEATURE);
+    if (!(hi & VIRTIO_F_VERSION_1_HI))
+        return fail("virtio-rng does not offer VIRTIO_F_VERSION_1", hi);
+    mmio_w32(c + VC_DRIVER_FEATURE_SELECT, 0);
+    mmio_w32(c + VC_DRIVER_FEATURE, 0);
+    mmio_w32(c + VC_DRIVER_FEATURE_SELECT, 1);
+    mmio_w32(c + VC_DRIVER_FEATURE, VIRTIO_F_VERSION_1_HI);
+    u8 st = VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK;
+    mmio_w8(c + VC_DEVICE_STATUS, st);
+    if (!(mmio_r8(c + VC_DEVICE_STATUS) & VIRTIO_STATUS_FEATURES_OK))
+        return fail("virtio-rng refused FEATURES_OK", mmio_r8(c + VC_DEVICE_STATUS));
+
+    if (mmio_r16(c + VC_NUM_QUEUES) < 1)
+        return fail("virtio-rng has no queues", 0);
+    mmio_w16(c + VC_QUEUE_SELECT, 0);
+    u16 max = mmio_r16(c + VC_QUEUE_SIZE);
+    if (max == 0)
+        return fail("virtio-rng queue 0 unavailable", 0);
+    u16 qsize = RNG_QSIZE;
+    while (qsize > max)
+        qsize >>= 1;
+    v->qsize = qsize;
+    mmio_w16(c + VC_QUEUE_SIZE, qsize);
+
+    for (u32 i = 0; i < RNG_QSIZE; i++) {
+        rngq.desc[i].addr = 0;
+        rngq.desc[i].len = 0;
+        rngq.desc[i].flags = 0;
+        rngq.desc[i].next = 0;
+        rngq.avail.ring[i] = 0;
+        rngq.used.ring[i].id = 0;
+        rngq.used.ring[i].len = 0;
+    }
+    rngq.avail.flags = 0;
+    rngq.avail.idx = 0;
+    rngq.avail.used_event = 0;
+    rngq.used.flags = 0;
+    rngq.used.idx = 0;
+    rngq.used.avail_event = 0;
+    v->avail_idx = v->used_seen = 0;
+    /* The only descriptor: the whole buffer, device-writable. */
+    rngq.desc[0].addr = (u64)(uintptr_t)rngq.buf;
+    rngq.desc[0].len = RNG_BUF_LEN;
+    rngq.desc[0].flags = VIRTQ_DESC_F_WRITE;
+
+    mmio_w64(c + VC_QUEUE_DESC, (u64)(uintptr_t)rngq.desc);
+    mmio_w64(c + VC_QUEUE_DRIVER, (u64)(uintptr_t)&rngq.avail);
+    mmio_w64(c + VC_QUEUE_DEVICE, (u64)(uintptr_t)&rngq.used);
+    mmio_w16(c + VC_MSIX_CONFIG, VIRTIO_MSI_NO_VECTOR);
+    mmio_w16(c + VC_QUEUE_MSIX_VECTOR, 0);
+    u16 vec = mmio_r16(c + VC_QUEUE_MSIX_VECTOR);
+    if (vec != 0)
+        return fail("virtio-rng refused MSI-X vector 0 for queue 0", vec);
+    v->notify_addr = v->notify + (u64)mmio_r16(c + VC_QUEUE_NOTIFY_OFF) * v->notify_mult;
+    mmio_w16(c + VC_QUEUE_ENABLE, 1);
+
+    mmio_w8(c + VC_DEVICE_STATUS, st | VIRTIO_STATUS_DRIVER_OK);
+    st = mmio_r8(c + VC_DEVICE_STATUS);
+    if ((st & (VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED)) || !(st & VIRTIO_STATUS_DRIVER_OK))
+        return fail("virtio-rng did not accept DRIVER_OK", st);
+    return 0;
+}
+
+/* Makes descriptor 0 available and notifies queue 0. */
+static void rng_post(struct virtio_dev *v)
+{
+    rngq.avail.ring[v->avail_idx % v->qsize] = 0;
+    rngq.avail.idx = ++v->avail_idx;
+    mmio_w16(v->notify_addr, 0);
+}
+
+/* Takes the completed request; 0 and its length in *len if it is descriptor 0. */
+static int rng_take(struct virtio_dev *v, u32 *len)
+{
+    u32 slot = v->used_seen++ % v->qsize;
+    u32 id = rngq.used.ring[slot].id;
+    *len = rngq.used.ring[slot].len;
+    if (id != 0)
+        return fail("virtio-rng used an unknown descriptor", id);
+    if (*len > RNG_BUF_LEN)
+        return fail("virtio-rng used length beyond the buffer", *len);
+    return 0;
+}
+
+/* One request with the vector unmasked: interrupt and used ring must both move. */
+static int rng_roundtrip(struct virtio_dev *v, u32 *len)
+{
+    u32 irqs = msix_irqs;
+    rng_post(v);
+    if (!wait_irq(irqs + 1, &rngq.used.idx, v->avail_idx, WAIT_TIMEOUT)) {
+        kprintf("tiny-guest: ERROR virtio-rng request %u: irqs %u -> %u, used idx %u, want %u\n",
+                (u64)v->avail_idx, (u64)irqs, (u64)msix_irqs, (u64)rngq.used.idx, (u64)v->avail_idx);
+        return 1;
+    }
+    return rng_take(v, len);
+}
+
+/* Vector 0 masked: the request completes silently and pends; unmasking delivers it. */
+static int msix_mask_test(struct virtio_dev *v)
+{
+    u64 ctl = v->msix_table + 12;
+    mmio_w32(ctl, 1);
+    u32 irqs = msix_irqs;
+    rng_post(v);
+    u64 start = rdtsc();
+    for (u32 n = 0; rngq.used.idx != v->avail_idx; n++)
+        if (n > POLL_MAX_SPINS || rdtsc() - start > TSC_POLL_TIMEOUT)
+            return fail("masked: virtio-rng request did not complete", rngq.used.idx);
+    u32 len;
+    if (rng_take(v, &len))
+        return 1;
+    /* Give a wrongly delivered interrupt time to show up. */
+    if (wait_irq(irqs + 1, &rngq.used.idx, v->avail_idx, MASK_WINDOW))
+        return fail("masked MSI-X vector delivered an interrupt", msix_irqs - irqs);
+    u32 pba = mmio_r32(v->msix_pba);
+    if (!(pba & 1))
+        return fail("masked MSI-X vector not pending in the PBA", pba);
+    mmio_w32(ctl, 0);
+    if (!wait_irq(irqs + 1, &rngq.used.idx, v->avail_idx, WAIT_TIMEOUT))
+        return fail("pending MSI-X interrupt not delivered on unmask", msix_irqs - irqs);
+    pba = mmio_r32(v->msix_pba);
+    if (pba & 1)
+        return fail("PBA bit still set after delivery", pba);
+    if (msix_irqs != irqs + 1)
+        return fail("unmask delivered more than one interrupt", msix_irqs - irqs);
+    kprintf("tiny-guest: msix mask ok\n");
+    return 0;
+}
+
+static int virtio_rng_test(struct virtio_dev *v, u32 loops)
+{
+    if (virtio_parse_caps(v))
+        return 1;
+    u32 cmd = pci_read16(v->dev, v->fn, PCI_COMMAND);
+    pci_write16(v->dev, v->fn, PCI_COMMAND, (u16)(cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER));
+    cmd = pci_read16(v->dev, v->fn, PCI_COMMAND);
+    if ((cmd & (PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER)) != (PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER))
+        return fail("virtio-rng command register did not take", cmd);
+
+    interrupts_init();
+    if (msix_setup(v) || virtio_rng_init(v))
+        return 1;
+
+    for (u32 i = 0; i < RNG_BUF_LEN; i++)
+        rngq.buf[i] = 0;
+    u32 irqs = msix_irqs, len;
+    if (rng_roundtrip(v, &len))
+        return 1;
+    u32 nonzero = 0;
+    for (u32 i = 0; i < len; i++)
+        nonzero |= rngq.buf[i] != 0;
+    kprintf("tiny-guest: virtio-rng msix irq=%u used_len=%u nonzero=%u\n", (u64)(msix_irqs - irqs),
+            (u64)len, (u64)nonzero);
+
+    irqs = msix_irqs;
+    u64 start = rdtsc();
+    for (u32 i = 0; i < loops; i++)
+        if (rng_roundtrip(v, &len))
+            return 1;
+    u64 ticks = rdtsc() - start;
+    kprintf("tiny-guest: virtio-rng loops=%u irqs=%u tsc_per_irq=%u\n", (u64)loops, (u64)(msix_irqs - irqs),
+            loops ? ticks / loops : 0);
+
+    return msix_mask_test(v);
+}
+
+/*
+ * Lists bus 0 and, if there is a virtio-rng, drives it. 0 if all went well
+ * (or there was nothing to drive), 1 after an ERROR line.
+ */
+static int pci_test(u32 rng_loops)
+{
+    struct {
+        u8 dev, fn;
+        u32 id;
+    } found[64];
+    u32 count = 0;
+    for (u32 dev = 0; dev < 32; dev++) {
+        for (u32 fn = 0; fn < 8 && count < 64; fn++) {
+            u32 id = pci_read32(dev, fn, 0);
+            if ((id & 0xffff) == 0xffff || (id & 0xffff) == 0) {
+                if (fn == 0)
+                    break;
+                continue;
+            }
+            found[count].dev = (u8)dev;
+            found[count].fn = (u8)fn;
+            found[count].id = id;
+            count++;
+            if (fn == 0 && !(pci_read32(dev, 0, PCI_HEADER_TYPE) & 0x800000))
+                break; /* single-function */
+        }
+    }
+    kprintf("tiny-guest: pci devices=%u\n", (u64)count);
+    int rng = -1;
+    for (u32 i = 0; i < count; i++) {
+        kprintf("tiny-guest: pci 00:%2x.%u %4x:%4x\n", (u64)found[i].dev, (u64)found[i].fn,
+                (u64)(found[i].id & 0xffff), (u64)(found[i].id >> 16));
+        if (rng < 0 && found[i].id == (VIRTIO_RNG_DEVICE << 16 | VIRTIO_VENDOR))
+            rng = (int)i;
+    }
+    if (rng < 0)
+        return 0;
+    struct virtio_dev v = {0};
+    v.dev = found[rng].dev;
+    v.fn = found[rng].fn;
+    int failed = virtio_rng_test(&v, rng_loops);
+    __asm__ volatile("cli");
+    return failed;
+}
+
 /* ---- main ---- */
 
 __attribute__((noreturn)) void guest_main(u32 magic, u32 info_addr)
@@ -372,6 +957,9 @@ __attribute__((noreturn)) void guest_main(u32 magic, u32 info_addr)
         kprintf("tiny-guest: ERROR cpus online=%u but fw_cfg cpus=%u\n", (u64)online, (u64)cpus);
         code = EXIT_CPU_MISMATCH;
     }
+
+    if (pci_test(parse_u32_param(boot.cmdline, "rng_loops", 1)) && boot.magic_ok && online == cpus)
+        code = EXIT_PCI_FAILED;
 
     kprintf("tiny-guest: exit code=%u\n", (u64)code);
     outl(EXIT_PORT, code);

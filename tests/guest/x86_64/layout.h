@@ -21,4 +21,12 @@
 /* Only "please give me memory info" (bit 1): ELF, so no a.out kludge. */
 #define MULTIBOOT_HEADER_FLAGS 0x00000002
 
+/* Uncached from here to 4 GiB in the identity map (PCI windows, APICs). */
+#define UC_START 0x80000000
+
+/* Interrupt vectors (IDT built by guest.c from the entry points in entry.S). */
+#define VEC_MSIX 0x40
+#define VEC_TIMER 0x41
+#define VEC_SPURIOUS 0xff
+
 #endif
