@@ -37,4 +37,5 @@ case "$(get cmdline)" in
     *"$MARK"*) ;;
     *) fail "L2 cmdline '$(get cmdline)' lacks $MARK" ;;
 esac
-echo "RIG-RESULT: PASS l2-boot arch=$ARCH nproc=$VCPUS memtotal_kb=$MEMKB"
+echo "l2-boot: arch=$ARCH nproc=$VCPUS memtotal_kb=$MEMKB"
+echo "RIG-RESULT: PASS"

@@ -16,6 +16,12 @@ echo "smoke: $(uname -m) $(uname -r)"
 echo "smoke: /dev/iommu ok"
 [ -c /dev/kvm ] || fail "/dev/kvm missing"
 echo "smoke: /dev/kvm ok"
+if [ "$(uname -m)" = aarch64 ]; then
+    # the rig-only kernel patch + arm_smmu_v3.rig_force_canwbs=1 (IOMMU_VIOMMU_ALLOC needs it)
+    p=/sys/module/arm_smmu_v3/parameters/rig_force_canwbs
+    [ "$(cat "$p" 2>/dev/null)" = Y ] || fail "$p is not Y (CANWBS rig patch missing?)"
+    echo "smoke: arm_smmu_v3.rig_force_canwbs=Y"
+fi
 
 # find_pci VENDOR DEVICE... : print the BDFs of the PCI functions with that ID.
 find_pci() {

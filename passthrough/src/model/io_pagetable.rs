@@ -54,6 +54,10 @@ pub(super) struct IoPagetable {
     alignment: u64,
 }
 
+/// The kernel's HPAGE_SIZE on x86_64 and arm64 with 4 KiB pages: the cap on auto-IOVA
+/// alignment when transparent huge pages are configured.
+const HPAGE_SIZE: u64 = 2 << 20;
+
 impl IoPagetable {
     /// `iopt_init_table`: no areas, no restrictions, alignment 1.
     pub(super) fn new() -> IoPagetable {
@@ -248,7 +252,9 @@ impl IoPagetable {
             by_length
         } else {
             by_length.min(1u64 << source.trailing_zeros())
-        };
+        }
+        // Capped at the THP size (CONFIG_TRANSPARENT_HUGEPAGE), as iopt_alloc_iova does.
+        .min(HPAGE_SIZE);
         if align < self.alignment {
             return Err(EINVAL);
         }
