@@ -6,7 +6,7 @@ VCPUS=2
 MEM_MB=512
 ARCH=$(uname -m)
 case "$ARCH" in
-    x86_64) CONSOLE="console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd" ;;
+    x86_64) CONSOLE="console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1 pci=off no_timer_check i8042.noaux i8042.nomux i8042.dumbkbd" ;;
     aarch64) CONSOLE="console=ttyS0 earlycon panic=-1" ;;
 esac
 MARK="rig-l2-$$"
@@ -16,11 +16,12 @@ fail() { echo "RIG-RESULT: FAIL $*"; exit 1; }
 [ -c /dev/kvm ] || fail "no /dev/kvm in L1"
 echo "L1: starting L2 ($VCPUS vCPUs, ${MEM_MB}M) at $(cut -d' ' -f1 /proc/uptime)s"
 START=$(cut -d' ' -f1 /proc/uptime)
-/rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
-    --cmdline "$CMDLINE" --vcpus $VCPUS --memory ${MEM_MB}M > /tmp/l2.log 2>&1
-STATUS=$?
+# The L2 console streams to L1's console as it comes (prefixed), and is kept for the checks.
+( /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
+    --cmdline "$CMDLINE" --vcpus $VCPUS --memory ${MEM_MB}M 2>&1; echo $? > /tmp/l2.status ) \
+    | tee /tmp/l2.log | sed 's/^/L2| /'
+STATUS=$(cat /tmp/l2.status)
 END=$(cut -d' ' -f1 /proc/uptime)
-sed 's/^/L2| /' /tmp/l2.log
 echo "L1: vmm exited with status $STATUS after $(awk "BEGIN{print $END-$START}")s"
 [ "$STATUS" = 0 ] || fail "vmm exited with status $STATUS"
 grep -q "Kernel panic" /tmp/l2.log && fail "L2 kernel panicked"

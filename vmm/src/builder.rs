@@ -1,39 +1,31 @@
 //! Builds a VM from a [`VmConfig`] and runs it to its end: the one place that knows the order
 //! in which the pieces are put together.
 //!
-//! Order: KVM VM (so host limits are known) → validate config → RAM layout and backing →
-//! in-kernel irqchip and memory slots → kernel load → devices → vCPUs → event loop. Every
-//! step owns what it created; an error on the way drops it all (fds closed, memory unmapped).
+//! Order: KVM VM (so host limits are known) → validate config → RAM placement (the
+//! passthrough planner) and backing → arch steps before vCPUs (x86 irqchip) → memory slots →
+//! vCPU fds → arch steps after vCPUs (aarch64 GIC/ITS) → platform devices → interrupt
+//! manager → PCI segment → kernel load and boot state → vCPU threads → event loop. The
+//! per-arch steps live in [`crate::machine`]. Every step owns what it created; an error on
+//! the way drops it all (fds closed, memory unmapped).
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use devices::{Bus, ExitEvent, ExitPort, FwCfg, Serial, SerialOutput, I8042};
+use devices::{ExitEvent, SerialOutput};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::arch::x86_64::{self as arch, layout};
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, HUGE_PAGE_2M, KIB};
-use crate::interrupts::kvm::{x86_legacy_routes, KvmRouting};
+use crate::interrupts::kvm::KvmRouting;
 use crate::interrupts::InterruptManager;
-use crate::loader::{self, BootConfig};
+use crate::machine;
 use crate::pci::create_pci_segment;
 use crate::signals::{SignalsError, StopSignals};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuError, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
-use devices::pci::PciWindows;
-
-/// GSIs below this are the IOAPIC's pins; MSI vectors get GSIs from here on.
-const FIRST_MSI_GSI: u32 = 24;
-/// Routing table size we allow ourselves (KVM's limit is 4096).
-const MAX_GSI: u32 = 1024;
-
-/// xAPIC ids are 8 bits and 0xff is broadcast: the most vCPUs the boot protocols can name.
-const MAX_XAPIC_VCPUS: u32 = 254;
 
 /// Everything that can stop a VM from starting.
 #[derive(Debug, thiserror::Error)]
@@ -46,19 +38,25 @@ pub enum BuilderError {
     Vm(#[from] VmError),
     /// Guest RAM placement.
     #[error(transparent)]
-    Layout(#[from] layout::LayoutError),
+    Layout(#[from] machine::layout::LayoutError),
+    /// Architecture-specific setup (aarch64: vCPU init, GIC, boot).
+    #[error("{0}")]
+    Arch(String),
     /// Guest RAM backing.
     #[error(transparent)]
     Memory(#[from] MemoryError),
     /// Kernel loading.
+    #[cfg(target_arch = "x86_64")]
     #[error(transparent)]
-    Loader(#[from] loader::LoaderError),
+    Loader(#[from] crate::loader::LoaderError),
     /// Boot structures.
+    #[cfg(target_arch = "x86_64")]
     #[error(transparent)]
-    Regs(#[from] arch::regs::RegsError),
+    Regs(#[from] crate::arch::x86_64::regs::RegsError),
     /// MP tables.
+    #[cfg(target_arch = "x86_64")]
     #[error(transparent)]
-    Mptable(#[from] arch::mptable::MptableError),
+    Mptable(#[from] crate::arch::x86_64::mptable::MptableError),
     /// vCPU setup.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -84,7 +82,7 @@ fn dev_err(e: impl std::fmt::Display) -> BuilderError {
 fn host_limits(vm: &Vm, hugepages: bool) -> HostLimits {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     HostLimits {
-        max_vcpus: vm.max_vcpus().min(MAX_XAPIC_VCPUS),
+        max_vcpus: vm.max_vcpus().min(machine::MAX_VCPUS),
         max_memory: host_memory(&meminfo, hugepages),
     }
 }
@@ -136,49 +134,13 @@ impl MutEventSubscriber for StopWatcher {
     }
 }
 
-fn serial_output(s: &SerialConfig) -> SerialOutput {
+/// The devices crate's name for the serial configuration.
+pub fn serial_output(s: &SerialConfig) -> SerialOutput {
     match s {
         SerialConfig::Stdio => SerialOutput::Stdout,
         SerialConfig::File(p) => SerialOutput::File(p.clone()),
         SerialConfig::Off => SerialOutput::Off,
     }
-}
-
-/// Port-I/O devices of a headless PC: serial, exit port, i8042 reset, fw_cfg.
-fn create_pio_bus(vm: &Vm, config: &VmConfig, exit: &Arc<ExitEvent>) -> Result<Bus, BuilderError> {
-    let mut bus = Bus::new();
-    let irq = EventFd::new(EFD_NONBLOCK).map_err(dev_err)?;
-    vm.fd()
-        .register_irqfd(&irq, devices::SERIAL_IRQ)
-        .map_err(|e| dev_err(format!("KVM_IRQFD for the serial port: {e}")))?;
-    let serial = Serial::new(&serial_output(&config.serial), irq).map_err(dev_err)?;
-    bus.insert(
-        Arc::new(Mutex::new(serial)),
-        devices::SERIAL_PORT_BASE,
-        devices::SERIAL_PORT_LEN,
-    )
-    .map_err(dev_err)?;
-    bus.insert(
-        Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
-        devices::EXIT_PORT_BASE,
-        devices::EXIT_PORT_LEN,
-    )
-    .map_err(dev_err)?;
-    bus.insert(
-        Arc::new(Mutex::new(I8042::new(exit.clone()))),
-        devices::I8042_PORT_BASE,
-        devices::I8042_PORT_LEN,
-    )
-    .map_err(dev_err)?;
-    // vcpus is at most MAX_XAPIC_VCPUS after validation, so it fits in u16.
-    let fw_cfg = FwCfg::new(config.memory, config.vcpus as u16);
-    bus.insert(
-        Arc::new(Mutex::new(fw_cfg)),
-        devices::FW_CFG_PORT_BASE,
-        devices::FW_CFG_PORT_LEN,
-    )
-    .map_err(dev_err)?;
-    Ok(bus)
 }
 
 /// Builds the VM described by `config`, runs it until the guest or a signal ends it, and
@@ -191,48 +153,42 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     let vm = Vm::new()?;
     config.validate(&host_limits(&vm, config.hugepages))?;
 
-    let ram = layout::ram_regions(config.memory)?;
-    let ranges: Vec<(GuestAddress, usize)> =
-        ram.iter().map(|r| (r.start, r.size as usize)).collect();
+    let (ram, _) = machine::plan_ram(config.memory, Vec::new())?;
+    let ranges: Vec<(GuestAddress, usize)> = ram.iter().map(|&(a, s)| (a, s as usize)).collect();
     let mem = create_guest_memory(&ranges, config.backend, config.hugepages)?;
-    vm.setup_irqchip()?;
+    machine::before_vcpus(&vm)?;
     vm.register_memory(&mem)?;
 
-    let entry = loader::load_kernel(
-        &mem,
-        &BootConfig {
-            kernel: &config.kernel,
-            initrd: config.initrd.as_deref(),
-            cmdline: &config.cmdline,
-            ram: &ram,
-        },
-    )?;
-    arch::regs::write_gdt_idt(&mem)?;
-    arch::mptable::setup_mptable(&mem, config.vcpus)?;
-    if matches!(entry, loader::BootEntry::Linux64 { .. }) {
-        arch::regs::write_identity_page_tables(&mem)?;
+    let mut fds = Vec::with_capacity(config.vcpus as usize);
+    for id in 0..config.vcpus {
+        fds.push(
+            vm.fd()
+                .create_vcpu(u64::from(id))
+                .map_err(|source| VcpuError::Ioctl {
+                    id,
+                    what: "KVM_CREATE_VCPU",
+                    source,
+                })?,
+        );
     }
+    let _arch = machine::after_vcpus(&vm, &fds)?;
 
     let exit = Arc::new(ExitEvent::new().map_err(dev_err)?);
-    let mut pio = create_pio_bus(&vm, config, &exit)?;
-    let mut mmio = Bus::new();
+    let (mut pio, mut mmio) = machine::create_buses(&vm, config, &exit)?;
     let irq = Arc::new(InterruptManager::new(
         Arc::new(KvmRouting { vm: vm.shared_fd() }),
-        &x86_legacy_routes(),
-        FIRST_MSI_GSI,
-        MAX_GSI,
+        &machine::legacy_routes(),
+        machine::FIRST_MSI_GSI,
+        machine::MAX_GSI,
     ));
+    let (windows, ecam) = machine::pci_windows();
     let pci = create_pci_segment(
         vm.shared_fd(),
         &mem,
         &irq,
-        &PciWindows {
-            mmio32: layout::PCI_MMIO32_START.0
-                ..layout::PCI_MMIO32_START.0 + layout::PCI_MMIO32_SIZE,
-            mmio64: None,
-            io: None,
-        },
-        layout::ECAM_START.0,
+        &windows,
+        ecam,
+        machine::MSI_NEEDS_DEVID,
         &config.disks,
         config.rng,
         &mut pio,
@@ -241,35 +197,21 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
     let stop = Arc::new(AtomicBool::new(false));
-
-    let supported = vm
-        .kvm()
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| VmError::Ioctl {
-            what: "KVM_GET_SUPPORTED_CPUID",
-            source,
-        })?;
-    let mut vcpus = Vec::with_capacity(config.vcpus as usize);
-    for id in 0..config.vcpus {
-        let fd = vm
-            .fd()
-            .create_vcpu(u64::from(id))
-            .map_err(|source| VcpuError::Ioctl {
-                id,
-                what: "KVM_CREATE_VCPU",
-                source,
-            })?;
-        let vcpu = Vcpu::new(
-            id,
-            fd,
-            pio.clone(),
-            mmio.clone(),
-            exit.clone(),
-            stop.clone(),
-        );
-        arch::configure_vcpu(&vcpu, &supported, config.vcpus, (id == 0).then_some(&entry))?;
-        vcpus.push(vcpu);
-    }
+    let vcpus: Vec<Vcpu> = fds
+        .into_iter()
+        .enumerate()
+        .map(|(id, fd)| {
+            Vcpu::new(
+                id as u32,
+                fd,
+                pio.clone(),
+                mmio.clone(),
+                exit.clone(),
+                stop.clone(),
+            )
+        })
+        .collect();
+    machine::boot(&vm, &mem, &ram, config, &vcpus)?;
 
     let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
     let mut started = Ok(());
@@ -286,13 +228,12 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         .map_err(BuilderError::from)
         .and_then(|_| event_loop(exit.clone(), signals));
 
-    // Stop and join every vCPU before memory and the VM are dropped.
+    // Stop and join every vCPU before devices, memory and the VM are dropped.
     stop.store(true, Ordering::Release);
     exit.request(0); // no-op if a status was already requested
     for h in handles {
         h.stop();
     }
-    // Device workers stop and MSI routes go before the VM and memory.
     drop(pci);
     drop(mem);
     result

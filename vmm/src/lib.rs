@@ -11,8 +11,10 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod interrupts;
+#[cfg(target_arch = "x86_64")]
 pub mod loader;
 pub mod logger;
+pub mod machine;
 pub mod memory_plan;
 pub mod pci;
 pub mod signals;

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use passthrough::{locate, probe_ranges, IommufdError, KernelIommufd, Sysfs, VfioCdevError};
 
-use crate::arch::x86_64::layout::{self, LayoutError};
 use crate::config::DeviceConfig;
+use crate::machine::layout::{self, LayoutError};
 
 /// Where VFIO cdev nodes live.
 const VFIO_DEV_ROOT: &str = "/dev/vfio/devices";

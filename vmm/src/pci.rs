@@ -40,6 +40,14 @@ pub enum PciError {
     /// MSI vectors could not be allocated.
     #[error(transparent)]
     Interrupts(#[from] crate::interrupts::InterruptManagerError),
+    /// More devices than bus 0 has slots.
+    #[error("too many PCI devices for bus 0: use fewer --disk/--device options")]
+    TooManyDevices,
+    /// The root put a device somewhere else than its MSI DeviceID assumed.
+    #[error(
+        "PCI device placed at {0}, expected {1}: its MSI routes would carry the wrong DeviceID"
+    )]
+    UnexpectedSlot(PciBdf, PciBdf),
     /// A bus range was taken.
     #[error("PCI: {0}")]
     Bus(#[from] devices::BusError),
@@ -98,6 +106,7 @@ pub fn create_pci_segment(
     irq: &Arc<InterruptManager>,
     windows: &PciWindows,
     ecam_base: u64,
+    msi_devid: bool,
     disks: &[DiskConfig],
     rng: bool,
     pio: &mut Bus,
@@ -123,12 +132,19 @@ pub fn create_pci_segment(
     if rng {
         models.push(Box::new(Rng::new()?));
     }
-    for model in models {
+    for (i, model) in models.into_iter().enumerate() {
         let vectors = VirtioPciDevice::msix_vector_count(model.as_ref());
-        // x86 MSIs need no DeviceID; aarch64 will pass the requester ID here.
-        let group: Arc<dyn MsiInterruptGroup> = Arc::new(irq.msi_group(vectors, None)?);
+        // The root fills slots in order after the host bridge at 00.0, so this function will
+        // be 00:(i+1).0; the device tree's msi-map is the identity, so its ITS DeviceID is
+        // its requester ID. x86 MSIs need no DeviceID.
+        let expected = PciBdf::new(0, (i + 1) as u8, 0).ok_or(PciError::TooManyDevices)?;
+        let devid = msi_devid.then(|| u32::from(expected.requester_id()));
+        let group: Arc<dyn MsiInterruptGroup> = Arc::new(irq.msi_group(vectors, devid)?);
         let dev = Arc::new(Mutex::new(VirtioPciDevice::new(model, mem.clone(), group)?));
         let bdf = root.add_device(dev.clone())?;
+        if bdf != expected {
+            return Err(PciError::UnexpectedSlot(bdf, expected));
+        }
         log::info!("PCI {bdf}: virtio device with {vectors} MSI-X vectors");
         devices
             .lock()

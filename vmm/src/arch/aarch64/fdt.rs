@@ -8,10 +8,13 @@
 //! Interrupt specifiers use the GICv3 binding: `<type number flags>` with type 0 = SPI
 //! (number = INTID - 32) and 1 = PPI (number = INTID - 16).
 //!
-//! What this module does not do: no PCI host bridge node yet (its `msi-map` will point at
-//! [`ITS_PHANDLE`]), no PMU node, no `rng-seed`. The UART needs no clock node: the 8250 OF
-//! driver takes the `clock-frequency` property (a `apb_pclk` fixed clock is only needed by
-//! AMBA devices such as a PL011).
+//! With [`FdtConfig::pci`] it also describes the PCIe host bridge of the layout (generic
+//! ECAM, both MMIO windows, `msi-map` to the ITS with DeviceID = requester ID). The bridge
+//! has no `interrupt-map`: functions interrupt through MSI/MSI-X only.
+//!
+//! What this module does not do: no PMU node, no `rng-seed`. The UART needs no clock node:
+//! the 8250 OF driver takes the `clock-frequency` property (a `apb_pclk` fixed clock is only
+//! needed by AMBA devices such as a PL011).
 
 use vm_fdt::FdtWriter;
 
@@ -102,6 +105,8 @@ pub struct FdtConfig<'a> {
     pub cmdline: &'a str,
     /// The loaded initrd, if any.
     pub initrd: Option<InitrdRange>,
+    /// Describe the PCIe host bridge (ECAM at [`layout::PCI_ECAM_START`]).
+    pub pci: bool,
 }
 
 /// Splits a 64-bit value into two big-endian-ordered cells (high, low).
@@ -173,10 +178,18 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     // interrupt KVM would drop it again before the guest saw it.
     fdt.property_array_u32(
         "interrupts",
-        &[GIC_FDT_IRQ_TYPE_SPI, layout::SERIAL_SPI, IRQ_TYPE_EDGE_RISING],
+        &[
+            GIC_FDT_IRQ_TYPE_SPI,
+            layout::SERIAL_SPI,
+            IRQ_TYPE_EDGE_RISING,
+        ],
     )?;
     fdt.property_u32("clock-frequency", layout::SERIAL_CLOCK_HZ)?;
     fdt.end_node(serial)?;
+
+    if cfg.pci {
+        write_pci(&mut fdt)?;
+    }
 
     let chosen = fdt.begin_node("chosen")?;
     fdt.property_string("bootargs", cfg.cmdline)?;
@@ -243,6 +256,49 @@ fn write_gic(fdt: &mut FdtWriter, vcpus: u32) -> Result<(), FdtError> {
     fdt.end_node(its)?;
 
     fdt.end_node(gic)?;
+    Ok(())
+}
+
+/// PCI address space codes of a `ranges` entry's first cell (IEEE 1275 PCI binding).
+const PCI_SPACE_MMIO32: u32 = 0x0200_0000;
+/// 64-bit memory space.
+const PCI_SPACE_MMIO64: u32 = 0x0300_0000;
+
+/// One PCI `ranges` entry mapping `size` bytes at `addr` 1:1 (PCI address = CPU address).
+fn pci_range(space: u32, addr: u64, size: u64) -> [u32; 7] {
+    let [ah, al] = cells(addr);
+    let [sh, sl] = cells(size);
+    [space, ah, al, ah, al, sh, sl]
+}
+
+/// The generic ECAM host bridge: buses 0-255, the 32- and 64-bit MMIO windows, MSIs through
+/// the ITS with DeviceID = requester ID (BDF), DMA cache-coherent.
+fn write_pci(fdt: &mut FdtWriter) -> Result<(), FdtError> {
+    let pci = fdt.begin_node(&format!("pcie@{:x}", layout::PCI_ECAM_START.0))?;
+    fdt.property_string("compatible", "pci-host-ecam-generic")?;
+    fdt.property_string("device_type", "pci")?;
+    fdt.property_u32("#address-cells", 3)?;
+    fdt.property_u32("#size-cells", 2)?;
+    let last_bus = (layout::PCI_ECAM_SIZE >> 20).saturating_sub(1) as u32;
+    fdt.property_array_u32("bus-range", &[0, last_bus])?;
+    fdt.property_array_u64("reg", &[layout::PCI_ECAM_START.0, layout::PCI_ECAM_SIZE])?;
+    let ranges: Vec<u32> = pci_range(
+        PCI_SPACE_MMIO32,
+        layout::PCI_MMIO32_START.0,
+        layout::PCI_MMIO32_SIZE,
+    )
+    .into_iter()
+    .chain(pci_range(
+        PCI_SPACE_MMIO64,
+        layout::PCI_MMIO64_START.0,
+        layout::PCI_MMIO64_SIZE,
+    ))
+    .collect();
+    fdt.property_array_u32("ranges", &ranges)?;
+    // <rid-base msi-controller msi-base length>: every requester ID to the same DeviceID.
+    fdt.property_array_u32("msi-map", &[0, ITS_PHANDLE, 0, 0x1_0000])?;
+    fdt.property_null("dma-coherent")?;
+    fdt.end_node(pci)?;
     Ok(())
 }
 
@@ -323,11 +379,15 @@ mod tests {
     }
 
     fn u32s(v: &[u8]) -> Vec<u32> {
-        v.chunks(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect()
+        v.chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect()
     }
 
     fn u64s(v: &[u8]) -> Vec<u64> {
-        v.chunks(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect()
+        v.chunks(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect()
     }
 
     fn string(v: &[u8]) -> &str {
@@ -347,6 +407,7 @@ mod tests {
             mpidrs: &[0x8000_0000, 0x8000_0001],
             cmdline: "console=ttyS0 earlycon",
             initrd,
+            pci: false,
         }
     }
 
@@ -364,11 +425,11 @@ mod tests {
         assert_eq!(u32s(prop(&t, "/", "#address-cells")), [2]);
         assert_eq!(u32s(prop(&t, "/", "interrupt-parent")), [GIC_PHANDLE]);
 
+        assert_eq!(u64s(prop(&t, "/memory@40000000", "reg")), [GIB, 512 * MIB]);
         assert_eq!(
-            u64s(prop(&t, "/memory@40000000", "reg")),
-            [GIB, 512 * MIB]
+            string(prop(&t, "/memory@40000000", "device_type")),
+            "memory"
         );
-        assert_eq!(string(prop(&t, "/memory@40000000", "device_type")), "memory");
 
         assert_eq!(u32s(prop(&t, "/cpus/cpu@0", "reg")), [0, 0]);
         assert_eq!(u32s(prop(&t, "/cpus/cpu@1", "reg")), [0, 1]);
@@ -410,7 +471,10 @@ mod tests {
             "console=ttyS0 earlycon"
         );
         assert_eq!(string(prop(&t, "/chosen", "stdout-path")), serial);
-        assert_eq!(u64s(prop(&t, "/chosen", "linux,initrd-start")), [0x5f00_0000]);
+        assert_eq!(
+            u64s(prop(&t, "/chosen", "linux,initrd-start")),
+            [0x5f00_0000]
+        );
         assert_eq!(u64s(prop(&t, "/chosen", "linux,initrd-end")), [0x5f01_2345]);
     }
 
@@ -424,12 +488,13 @@ mod tests {
 
     #[test]
     fn one_memory_node_per_ram_range() {
-        let planned = [ram(4 * GIB, GIB), ram(GIB, 256 * MIB), ram(GIB + 256 * MIB, MIB)];
+        let planned = [
+            ram(4 * GIB, GIB),
+            ram(GIB, 256 * MIB),
+            ram(GIB + 256 * MIB, MIB),
+        ];
         let t = parse(&create_fdt(&two_vcpu_config(&planned, None)).unwrap());
-        assert_eq!(
-            u64s(prop(&t, "/memory@40000000", "reg")),
-            [GIB, 257 * MIB]
-        );
+        assert_eq!(u64s(prop(&t, "/memory@40000000", "reg")), [GIB, 257 * MIB]);
         assert_eq!(u64s(prop(&t, "/memory@100000000", "reg")), [4 * GIB, GIB]);
         assert_eq!(t.keys().filter(|k| k.starts_with("/memory@")).count(), 2);
     }
@@ -443,6 +508,7 @@ mod tests {
             mpidrs: &[0x8000_0000, 0x8000_0101, 0x01_c000_0000],
             cmdline: "",
             initrd: None,
+            pci: false,
         };
         let t = parse(&create_fdt(&cfg).unwrap());
         assert_eq!(u32s(prop(&t, "/cpus/cpu@101", "reg")), [0, 0x101]);
@@ -483,7 +549,52 @@ mod tests {
         cfg.cmdline = &long;
         let blob = create_fdt(&cfg).unwrap();
         assert!(blob.len() as u64 <= FDT_MAX_SIZE);
-        assert_eq!(parse(&blob).keys().filter(|k| k.starts_with("/cpus/cpu@")).count(), 512);
+        assert_eq!(
+            parse(&blob)
+                .keys()
+                .filter(|k| k.starts_with("/cpus/cpu@"))
+                .count(),
+            512
+        );
+    }
+
+    #[test]
+    fn pci_host_bridge_when_asked() {
+        let ram_regions = layout::ram_regions(64 * MIB).unwrap();
+        let mut cfg = two_vcpu_config(&ram_regions, None);
+        let t = parse(&create_fdt(&cfg).unwrap());
+        assert!(!t.contains_key("/pcie@10000000"));
+        cfg.pci = true;
+        let t = parse(&create_fdt(&cfg).unwrap());
+        let pci = "/pcie@10000000";
+        assert_eq!(string(prop(&t, pci, "compatible")), "pci-host-ecam-generic");
+        assert_eq!(string(prop(&t, pci, "device_type")), "pci");
+        assert_eq!(u32s(prop(&t, pci, "bus-range")), [0, 255]);
+        assert_eq!(u64s(prop(&t, pci, "reg")), [0x1000_0000, 0x1000_0000]);
+        assert_eq!(
+            u32s(prop(&t, pci, "ranges")),
+            [
+                0x0200_0000,
+                0,
+                0x2000_0000,
+                0,
+                0x2000_0000,
+                0,
+                0x2000_0000, //
+                0x0300_0000,
+                0x80,
+                0,
+                0x80,
+                0,
+                0x80,
+                0
+            ]
+        );
+        assert_eq!(
+            u32s(prop(&t, pci, "msi-map")),
+            [0, ITS_PHANDLE, 0, 0x1_0000]
+        );
+        assert!(prop(&t, pci, "dma-coherent").is_empty());
     }
 
     /// Decompiles the blob with dtc, whose checks catch binding mistakes the reader above
@@ -495,7 +606,9 @@ mod tests {
             start: 0x5f00_0000,
             size: 0x1000,
         };
-        let blob = create_fdt(&two_vcpu_config(&ram_regions, Some(initrd))).unwrap();
+        let mut cfg = two_vcpu_config(&ram_regions, Some(initrd));
+        cfg.pci = true;
+        let blob = create_fdt(&cfg).unwrap();
         let path = std::env::temp_dir().join(format!("vmm-fdt-test-{}.dtb", std::process::id()));
         std::fs::write(&path, &blob).unwrap();
         let out = std::process::Command::new("dtc")

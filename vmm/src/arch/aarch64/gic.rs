@@ -67,6 +67,16 @@ pub enum GicError {
     },
 }
 
+/// First GSI free for MSI routes: GSIs below it are the SPIs of KVM's default routing.
+pub const FIRST_MSI_GSI: u32 = layout::GIC_NR_SPIS;
+
+/// The routes KVM installs at `CTRL_INIT`, as `(gsi, pin)` of irqchip 0: GSI n to SPI n for
+/// every SPI. A full `KVM_SET_GSI_ROUTING` table must repeat them (at least the UART's,
+/// [`layout::SERIAL_SPI`]) or their irqfds stop working.
+pub fn default_spi_routes() -> Vec<(u32, u32)> {
+    (0..layout::GIC_NR_SPIS).map(|n| (n, n)).collect()
+}
+
 /// The vGICv3 and its ITS; the device fds are kept for later state access (the devices live
 /// as long as the VM either way).
 #[derive(Debug)]
@@ -234,6 +244,14 @@ mod tests {
             hint: HINT_INIT,
         };
         assert!(e.to_string().contains("before the GIC"), "{e}");
+    }
+
+    #[test]
+    fn default_routes_cover_every_spi_below_the_msi_gsis() {
+        let routes = default_spi_routes();
+        assert_eq!(routes.len() as u32, FIRST_MSI_GSI);
+        assert!(routes.iter().all(|&(gsi, pin)| gsi == pin));
+        assert!(routes.contains(&(layout::SERIAL_SPI, layout::SERIAL_SPI)));
     }
 
     #[test]

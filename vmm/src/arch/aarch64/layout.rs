@@ -32,6 +32,8 @@
 //! actually goes may be refined by the passthrough memory planner (to skip host-reserved
 //! IOVA ranges): everything downstream takes a slice of [`RamRegion`]s, never assumes one.
 
+use passthrough::memory_map::{DeviceRanges, NamedRange};
+use passthrough::{plan, IovaRange, MemoryMap, MemoryMapError, MemoryMapRequest};
 use vm_memory::GuestAddress;
 
 const KIB: u64 = 1 << 10;
@@ -60,6 +62,9 @@ pub const GIC_DIST_SIZE: u64 = 0x1_0000;
 pub const GIC_ITS_START: GuestAddress = GuestAddress(0x0202_0000);
 /// Size of the ITS frames (`KVM_VGIC_V3_ITS_SIZE`: control + translation page).
 pub const GIC_ITS_SIZE: u64 = 0x2_0000;
+/// The ITS doorbell (GITS_TRANSLATER, in the translation frame 64 KiB above the control
+/// frame): the MSI address the guest programs into its PCI functions.
+pub const GIC_ITS_TRANSLATER: GuestAddress = GuestAddress(GIC_ITS_START.0 + 0x1_0040);
 /// First GICv3 redistributor (`KVM_VGIC_V3_ADDR_TYPE_REDIST`); vCPU n's is at
 /// `GIC_REDIST_START + n * GIC_REDIST_SIZE_PER_VCPU`.
 pub const GIC_REDIST_START: GuestAddress = GuestAddress(0x0400_0000);
@@ -148,6 +153,9 @@ pub enum LayoutError {
         /// End of the RAM area (exclusive).
         ram_end: u64,
     },
+    /// The planner could not place the RAM around the excluded ranges.
+    #[error("{0}")]
+    Plan(MemoryMapError),
     /// No RAM at all.
     #[error("the guest has no RAM regions; give the VM memory")]
     NoRam,
@@ -169,11 +177,38 @@ impl RamRegion {
     }
 }
 
-/// Places `mem_size` bytes of RAM: one region from [`RAM_START`].
+/// Places `mem_size` bytes of RAM from [`RAM_START`] (one region unless host ranges split it).
 ///
 /// `mem_size` must be a multiple of 4 KiB, at least [`MIN_MEM_SIZE`] and at most
 /// [`MAX_MEM_SIZE`].
 pub fn ram_regions(mem_size: u64) -> Result<Vec<RamRegion>, LayoutError> {
+    Ok(plan_ram(mem_size, Vec::new())?.0)
+}
+
+/// The planner request for this layout: RAM between [`RAM_START`] and the 64-bit PCI window,
+/// plus the host ranges of the devices to be passed through. Every device window lies below
+/// RAM_START, so the only fixed window RAM must avoid is the host software MSI window, which
+/// also lies below it; it is listed so the plan says why it is kept clear.
+pub fn memory_map_request(mem_size: u64, devices: Vec<DeviceRanges>) -> MemoryMapRequest {
+    MemoryMapRequest {
+        ram_size: mem_size,
+        page_size: PAGE_SIZE,
+        base: RAM_START.0,
+        limit: PCI_MMIO64_START.0 - 1,
+        fixed_windows: IovaRange::from_start_len(HOST_SW_MSI_START.0, HOST_SW_MSI_SIZE)
+            .map(|r| NamedRange::new(r, "host software MSI window (kept empty)"))
+            .into_iter()
+            .collect(),
+        devices,
+    }
+}
+
+/// Places `mem_size` bytes of RAM with the passthrough planner, avoiding every range in
+/// `devices`; returns the regions and the plan (for printing).
+pub fn plan_ram(
+    mem_size: u64,
+    devices: Vec<DeviceRanges>,
+) -> Result<(Vec<RamRegion>, MemoryMap), LayoutError> {
     if mem_size < MIN_MEM_SIZE {
         return Err(LayoutError::TooSmall {
             size: mem_size,
@@ -190,10 +225,17 @@ pub fn ram_regions(mem_size: u64) -> Result<Vec<RamRegion>, LayoutError> {
             max: MAX_MEM_SIZE,
         });
     }
-    Ok(vec![RamRegion {
-        start: RAM_START,
-        size: mem_size,
-    }])
+    let map = plan(&memory_map_request(mem_size, devices)).map_err(LayoutError::Plan)?;
+    let regions: Vec<RamRegion> = map
+        .regions
+        .iter()
+        .map(|r| RamRegion {
+            start: GuestAddress(r.gpa),
+            size: r.size,
+        })
+        .collect();
+    check_ram_regions(&regions)?;
+    Ok((regions, map))
 }
 
 /// Checks that every region of `ram` (from [`ram_regions`] or a memory planner) lies in the
@@ -259,11 +301,7 @@ mod tests {
             ("serial", SERIAL_START.0, SERIAL_SIZE),
             ("gic dist", GIC_DIST_START.0, GIC_DIST_SIZE),
             ("gic its", GIC_ITS_START.0, GIC_ITS_SIZE),
-            (
-                "gic redist",
-                GIC_REDIST_START.0,
-                gic_redist_size(MAX_VCPUS),
-            ),
+            ("gic redist", GIC_REDIST_START.0, gic_redist_size(MAX_VCPUS)),
             ("sw msi", HOST_SW_MSI_START.0, HOST_SW_MSI_SIZE),
             ("ecam", PCI_ECAM_START.0, PCI_ECAM_SIZE),
             ("mmio32", PCI_MMIO32_START.0, PCI_MMIO32_SIZE),
@@ -370,13 +408,19 @@ mod tests {
         // RAM over the software MSI window.
         assert!(matches!(
             check_ram_regions(&[region(0x0800_0000, MIB)]),
-            Err(LayoutError::OutsideRamArea { start: 0x0800_0000, .. })
+            Err(LayoutError::OutsideRamArea {
+                start: 0x0800_0000,
+                ..
+            })
         ));
         // RAM into the 64-bit PCI window, and an overflowing region.
         assert!(check_ram_regions(&[region(511 * GIB, 2 * GIB)]).is_err());
         assert!(check_ram_regions(&[region(GIB, u64::MAX)]).is_err());
         assert_eq!(check_ram_regions(&[]), Err(LayoutError::NoRam));
-        assert_eq!(check_ram_regions(&[region(GIB, 0)]), Err(LayoutError::NoRam));
+        assert_eq!(
+            check_ram_regions(&[region(GIB, 0)]),
+            Err(LayoutError::NoRam)
+        );
     }
 
     #[test]
@@ -395,11 +439,7 @@ mod tests {
         ];
         assert_eq!(
             memory_regions(&planned),
-            vec![
-                (GIB, GIB + 256 * MIB),
-                (3 * GIB, 2 * MIB),
-                (8 * GIB, GIB)
-            ]
+            vec![(GIB, GIB + 256 * MIB), (3 * GIB, 2 * MIB), (8 * GIB, GIB)]
         );
         assert!(memory_regions(&[]).is_empty());
     }

@@ -356,8 +356,8 @@ pub fn load(
         }
     };
 
-    let boot = plan(ram, text_offset, kernel_size, initrd.as_ref().map(|i| i.2)).map_err(
-        |e| match (e, &initrd) {
+    let boot = plan(ram, text_offset, kernel_size, initrd.as_ref().map(|i| i.2)).map_err(|e| {
+        match (e, &initrd) {
             (PlanError::NoRam, _) => ImageLoaderError::NoRam,
             (PlanError::KernelTooBig(start, need, end), _) => ImageLoaderError::KernelTooBig {
                 path: kpath(),
@@ -375,8 +375,8 @@ pub fn load(
             }
             // plan only reports the initrd when one was given.
             (PlanError::InitrdDoesNotFit(_, _, _), None) => ImageLoaderError::NoRam,
-        },
-    )?;
+        }
+    })?;
 
     copy_in(mem, "kernel Image", boot.kernel.0, &mut kfile, klen).map_err(|e| {
         reading_error(e, |source| ImageLoaderError::ReadKernel {
@@ -406,7 +406,11 @@ fn reading_error(
             ..
         } => as_read(io),
         ImageLoaderError::GuestMemory {
-            source: GuestMemoryError::PartialBuffer { expected, completed },
+            source:
+                GuestMemoryError::PartialBuffer {
+                    expected,
+                    completed,
+                },
             ..
         } => as_read(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -431,7 +435,11 @@ fn read_head(file: &File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Writes the DTB `blob` into its slot at `addr`.
-pub fn write_dtb(mem: &GuestMemoryMmap, addr: GuestAddress, blob: &[u8]) -> Result<(), ImageLoaderError> {
+pub fn write_dtb(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    blob: &[u8],
+) -> Result<(), ImageLoaderError> {
     if blob.len() as u64 > FDT_MAX_SIZE {
         return Err(ImageLoaderError::DtbTooBig {
             size: blob.len(),
@@ -541,7 +549,11 @@ mod tests {
 
     #[test]
     fn plan_uses_the_lowest_region() {
-        let ram = [region(8 * GIB, GIB), region(GIB, 256 * MIB), region(2 * GIB, 0)];
+        let ram = [
+            region(8 * GIB, GIB),
+            region(GIB, 256 * MIB),
+            region(2 * GIB, 0),
+        ];
         let p = plan(&ram, 0, MIB, Some(MIB)).unwrap();
         assert_eq!(p.kernel, GuestAddress(GIB));
         assert_eq!(p.dtb.0 + FDT_MAX_SIZE, GIB + 256 * MIB);
@@ -556,7 +568,11 @@ mod tests {
         );
         assert_eq!(
             plan(&ram, 0, 8 * MIB, Some(7 * MIB)),
-            Err(PlanError::InitrdDoesNotFit(7 * MIB, GIB + 8 * MIB, GIB + 14 * MIB))
+            Err(PlanError::InitrdDoesNotFit(
+                7 * MIB,
+                GIB + 8 * MIB,
+                GIB + 14 * MIB
+            ))
         );
         assert!(plan(&ram, 0, 8 * MIB, Some(6 * MIB)).is_ok());
         // Hostile header values do not overflow.
@@ -638,8 +654,13 @@ mod tests {
         let kernel = temp_with(&image(0, 4 * MIB, 0, 0));
         let initrd = temp_with(&vec![1u8; 11 * MIB as usize]);
         let e = load(&mem, &ram, kernel.as_path(), Some(initrd.as_path())).unwrap_err();
-        assert!(matches!(e, ImageLoaderError::InitrdDoesNotFit { .. }), "{e}");
-        assert!(e.to_string().contains(&initrd.as_path().display().to_string()));
+        assert!(
+            matches!(e, ImageLoaderError::InitrdDoesNotFit { .. }),
+            "{e}"
+        );
+        assert!(e
+            .to_string()
+            .contains(&initrd.as_path().display().to_string()));
 
         let empty = temp_with(b"");
         assert!(matches!(

@@ -8,13 +8,17 @@
 //!    start powered off and are started by the guest through PSCI `CPU_ON`);
 //! 3. [`gic::Gic::new`] with the vCPU count (after all vCPUs exist; creates the vGICv3 and
 //!    the vITS and initialises both);
-//! 4. [`mmio::create_mmio_bus`] (the UART's irqfd needs the initialised vGIC);
+//! 4. [`mmio::create_mmio_bus`] (the UART's irqfd needs the initialised vGIC); a PCI segment
+//!    goes on the same MMIO bus with its ECAM at [`layout::PCI_ECAM_START`], its interrupt
+//!    manager keeping [`gic::default_spi_routes`] and allocating MSI GSIs from
+//!    [`gic::FIRST_MSI_GSI`] (MSI routes carry DeviceID = the function's BDF);
 //! 5. [`setup_boot`]: loads the Image and initrd, reads the vCPUs' MPIDRs, writes the DTB and
 //!    sets vCPU 0's boot registers;
 //! 6. run the vCPUs. PSCI `SYSTEM_OFF` and `SYSTEM_RESET` arrive as `KVM_EXIT_SYSTEM_EVENT`
 //!    and end the VM (status 0, like the i8042 reset on x86_64: there is no reboot).
 //!
-//! What this module does not do: no PCI host bridge, no PMU, no EFI boot, no ACPI.
+//! What this module does not do: it does not emulate the PCI host bridge (it only describes
+//! it in the DTB when asked), no PMU, no EFI boot, no ACPI.
 
 pub mod fdt;
 pub mod gic;
@@ -64,6 +68,8 @@ pub struct BootConfig<'a> {
     pub cmdline: &'a str,
     /// Guest RAM, already backed in `mem`.
     pub ram: &'a [RamRegion],
+    /// Whether a PCI segment (ECAM at [`layout::PCI_ECAM_START`]) is present.
+    pub pci: bool,
 }
 
 /// Where things went, for logging.
@@ -103,6 +109,7 @@ pub fn setup_boot(
         mpidrs: &mpidrs,
         cmdline: cfg.cmdline,
         initrd: plan.initrd,
+        pci: cfg.pci,
     })?;
     loader::write_dtb(mem, plan.dtb, &blob)?;
     vcpu::set_boot_regs(boot_vcpu, plan.kernel, plan.dtb)?;

@@ -10,9 +10,9 @@
 //! for; the guest sees them absent.
 
 use kvm_bindings::{
-    kvm_regs, kvm_vcpu_init, user_pt_regs, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2,
-    KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_ARM_CORE, KVM_REG_SIZE_U64, PSR_A_BIT,
-    PSR_D_BIT, PSR_F_BIT, PSR_I_BIT, PSR_MODE_EL1h,
+    kvm_regs, kvm_vcpu_init, user_pt_regs, PSR_MODE_EL1h, KVM_ARM_VCPU_POWER_OFF,
+    KVM_ARM_VCPU_PSCI_0_2, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_ARM_CORE, KVM_REG_SIZE_U64,
+    PSR_A_BIT, PSR_D_BIT, PSR_F_BIT, PSR_I_BIT,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::GuestAddress;
@@ -81,9 +81,8 @@ pub const PC_ID: u64 =
     core_reg_id(std::mem::offset_of!(kvm_regs, regs) + std::mem::offset_of!(user_pt_regs, pc));
 
 /// `regs.pstate` of `struct kvm_regs`.
-pub const PSTATE_ID: u64 = core_reg_id(
-    std::mem::offset_of!(kvm_regs, regs) + std::mem::offset_of!(user_pt_regs, pstate),
-);
+pub const PSTATE_ID: u64 =
+    core_reg_id(std::mem::offset_of!(kvm_regs, regs) + std::mem::offset_of!(user_pt_regs, pstate));
 
 /// MPIDR_EL1: op0 3, op1 0, CRn 0, CRm 0, op2 5.
 pub const MPIDR_EL1_ID: u64 = sys_reg_id(3, 0, 0, 0, 5);
@@ -114,7 +113,13 @@ pub fn init_vcpu(vm: &VmFd, vcpu: &VcpuFd, id: u32) -> Result<(), VcpuSetupError
         })
 }
 
-fn set_reg(vcpu: &VcpuFd, id: u32, what: &'static str, reg: u64, value: u64) -> Result<(), VcpuSetupError> {
+fn set_reg(
+    vcpu: &VcpuFd,
+    id: u32,
+    what: &'static str,
+    reg: u64,
+    value: u64,
+) -> Result<(), VcpuSetupError> {
     vcpu.set_one_reg(reg, &value.to_le_bytes())
         .map(|_| ())
         .map_err(|source| VcpuSetupError::Ioctl {
