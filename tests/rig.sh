@@ -12,6 +12,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RIG="$ROOT/resources/rig"
 . "$RIG/lib.sh"
 ARCHES=${*:-${RIG_ARCHES:-x86_64 aarch64}}
+# L2 guests get 2 vCPUs; give L1 two as well so they do not share one emulated CPU.
+export RIG_SMP=${RIG_SMP:-2}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rig-tests.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 

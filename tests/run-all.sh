@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
 # Rig arches whose scenarios have been proven end to end; override with RIG_ARCHES.
-RIG_ARCHES=${RIG_ARCHES-}
+RIG_ARCHES=${RIG_ARCHES-x86_64}
 if [ -n "$RIG_ARCHES" ]; then
     ./tests/rig.sh $RIG_ARCHES
 else

@@ -346,10 +346,9 @@ fn auto_iova_alignment(fx: &mut dyn Fixture) -> CaseResult {
     let mut env = Env::new(fx)?;
     let p = env.page;
     // The kernel (iopt_alloc_iova) aligns to the smaller of the length's power of two and
-    // the source address's own alignment, capped at the huge page size (2 MiB with THP), so
-    // an only page-aligned buffer gets page-aligned IOVAs. The rig found the model and this
-    // case assuming the length's alignment alone.
-    const HPAGE: u64 = 2 << 20;
+    // the source address's own alignment, capped at HPAGE_SIZE with THP and at PAGE_SIZE
+    // without. The rig found the model and this case assuming the length's alignment alone.
+    let cap = fx.max_auto_iova_alignment();
     let va = env.va().0;
     let mut got: Vec<IovaRange> = Vec::new();
     for i in 1..=10 {
@@ -360,7 +359,7 @@ fn auto_iova_alignment(fx: &mut dyn Fixture) -> CaseResult {
         let want = len
             .next_power_of_two()
             .min(1 << va.trailing_zeros())
-            .min(HPAGE)
+            .min(cap)
             .max(p);
         check(iova != 0 && iova % want == 0, || {
             format!("auto IOVA {iova:#x} for {len:#x} bytes from {va:#x} is not {want:#x}-aligned (or 0)")

@@ -51,6 +51,17 @@ pub trait Fixture {
     fn page_size(&self) -> u64 {
         crate::sys::host_page_size()
     }
+
+    /// The most alignment `iopt_alloc_iova` gives an automatic IOVA: HPAGE_SIZE (2 MiB) on a
+    /// kernel with CONFIG_TRANSPARENT_HUGEPAGE (it has /sys/kernel/mm/transparent_hugepage),
+    /// else PAGE_SIZE. Found in the x86_64 rig, whose kernel has no THP.
+    fn max_auto_iova_alignment(&self) -> u64 {
+        if std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            2 << 20
+        } else {
+            self.page_size()
+        }
+    }
 }
 
 /// Runs the suite against [`ModelIommufd`] with a simulated device.
@@ -73,6 +84,11 @@ impl ModelFixture {
 }
 
 impl Fixture for ModelFixture {
+    /// The model behaves like a kernel with transparent huge pages.
+    fn max_auto_iova_alignment(&self) -> u64 {
+        2 << 20
+    }
+
     fn open(&mut self) -> Result<Box<dyn Iommufd>, String> {
         Ok(Box::new(ModelIommufd::with_page_size(self.page_size)))
     }
