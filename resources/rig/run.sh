@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# run.sh ARCH SCENARIO [FILE[=DEST]]...
+#
+# One entry point for the TCG test rigs: builds what is missing (kernel, busybox
+# initramfs; host qemu from bookworm-backports), packs SCENARIO (a busybox /bin/sh
+# script, run as /scenario.sh inside L1) and the FILEs (at DEST, default
+# /rig/<basename>) into the L1 initramfs, boots QEMU and judges the serial log.
+#
+#   aarch64: virt,virtualization=on,gic-version=3,iommu=smmuv3 (SMMUv3 nested, ITS), -cpu max
+#   x86_64:  q35 + intel-iommu,intremap=on, -cpu max (nested SVM for /dev/kvm in L1)
+#   devices: edu (1234:11e8), virtio-net-pci (user net, restricted),
+#            virtio-blk-pci on a scratch raw image; all modern-only, iommu_platform=on.
+#
+# Exit status: 0 only when a line "RIG-RESULT: PASS" (optionally followed by a space and
+# any text) appeared and no "RIG-RESULT: FAIL..." line, no kernel
+# panic/oops/BUG; 1 = FAIL line or no PASS line; 2 = kernel panic, oops or BUG;
+# 124 = timeout. On failure the tail of the serial log is printed.
+#
+# Environment:
+#   RIG_TIMEOUT   hard timeout of the QEMU run in seconds (600)
+#   RIG_MEM       guest memory (2G)           RIG_SMP  vCPUs (aarch64 2, x86_64 1)
+#   RIG_LOG_DIR   where serial.log, qemu.cmdline, result are kept
+#                 (default $RIG_CACHE/logs/ARCH-YYYYmmdd-HHMMSS-PID)
+#   RIG_APPEND    extra kernel parameters (e.g. rig.shell)
+#   RIG_QEMU_ARGS extra QEMU arguments (word-split)
+#   RIG_SCRATCH_SIZE  size of the virtio-blk scratch image (64M)
+#   RIG_QUIET=1   do not copy the serial console to stderr
+#   RIG_WITH_L2=1 also put the kernel (/rig/l2/Image or bzImage) and the base busybox
+#                 initramfs (/rig/l2/initramfs.cpio.gz) into L1, for L2 guests
+#   RIG_INTERACTIVE=1  console on the terminal, rig.shell, no timeout/judging
+#   and those of build-kernel.sh / lib.sh (RIG_CACHE, RIG_JOBS, RIG_NICE, ...).
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ARCH=${1:-}
+SCENARIO=${2:-}
+if [ -z "$ARCH" ] || [ -z "$SCENARIO" ]; then
+    rig_die "usage: $0 aarch64|x86_64 SCENARIO.sh [FILE[=DEST]]..."
+fi
+rig_arch_check "$ARCH"
+[ -f "$SCENARIO" ] || rig_die "scenario $SCENARIO not found"
+shift 2
+
+T0=$(date +%s)
+rig_need_qemu "$ARCH"
+KERNEL=$(bash "$RIG_LIB_DIR/build-kernel.sh" "$ARCH")
+[ -f "$KERNEL" ] || rig_die "no kernel image"
+
+LOG_DIR=${RIG_LOG_DIR:-$RIG_CACHE/logs/$ARCH-$(date +%Y%m%d-%H%M%S)-$$}
+mkdir -p "$LOG_DIR"
+LOG_DIR=$(cd "$LOG_DIR" && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/rig-run.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+L2_FILES=()
+if [ "${RIG_WITH_L2:-0}" = 1 ]; then
+    # The same kernel and the base busybox initramfs, for an L2 guest started in L1.
+    L2_INITRD=$(bash "$RIG_LIB_DIR/build-initramfs.sh" "$ARCH")
+    L2_FILES=("$KERNEL=/rig/l2/$(basename "$KERNEL")" "$L2_INITRD=/rig/l2/initramfs.cpio.gz")
+fi
+INITRD="$WORK/l1-initramfs.cpio.gz"
+bash "$RIG_LIB_DIR/build-initramfs.sh" "$ARCH" "$INITRD" --scenario "$SCENARIO" \
+    "${L2_FILES[@]}" "$@" >/dev/null
+truncate -s "${RIG_SCRATCH_SIZE:-64M}" "$WORK/scratch.img"
+
+MEM=${RIG_MEM:-2G}
+APPEND="panic=-1 ${RIG_APPEND:-}"
+[ "${RIG_INTERACTIVE:-0}" = 1 ] && APPEND="$APPEND rig.shell"
+case "$ARCH" in
+    aarch64)
+        SMP=${RIG_SMP:-2}
+        QEMU=(qemu-system-aarch64
+              -machine virt,virtualization=on,gic-version=3,iommu=smmuv3
+              -cpu max -smp "$SMP" -m "$MEM" -accel tcg,thread=multi
+              -kernel "$KERNEL" -initrd "$INITRD"
+              -append "console=ttyAMA0 earlycon arm_smmu_v3.rig_force_canwbs=1 $APPEND")
+        VIRTIO_OPTS=disable-legacy=on,iommu_platform=on
+        ;;
+    x86_64)
+        SMP=${RIG_SMP:-1}
+        QEMU=(qemu-system-x86_64
+              -machine q35 -accel tcg,thread=multi -vga none
+              -cpu max -smp "$SMP" -m "$MEM"
+              -device intel-iommu,intremap=on
+              -kernel "$KERNEL" -initrd "$INITRD"
+              -append "console=ttyS0 intel_iommu=on no_timer_check $APPEND")
+        VIRTIO_OPTS=disable-legacy=on,iommu_platform=on
+        ;;
+esac
+QEMU+=(-no-reboot -nic none
+       -device edu
+       -netdev user,id=n0,restrict=on
+       -device "virtio-net-pci,netdev=n0,$VIRTIO_OPTS"
+       -drive "file=$WORK/scratch.img,format=raw,if=none,id=d0"
+       -device "virtio-blk-pci,drive=d0,$VIRTIO_OPTS")
+# shellcheck disable=SC2206
+[ -n "${RIG_QEMU_ARGS:-}" ] && QEMU+=(${RIG_QEMU_ARGS})
+
+SERIAL="$LOG_DIR/serial.log"
+printf '%q ' "${QEMU[@]}" >"$LOG_DIR/qemu.cmdline"
+echo >>"$LOG_DIR/qemu.cmdline"
+: >"$SERIAL"
+
+if [ "${RIG_INTERACTIVE:-0}" = 1 ]; then
+    rig_log "interactive $ARCH rig (serial copy in $SERIAL); Ctrl-a x quits QEMU"
+    exec "${QEMU[@]}" -nographic -chardev "stdio,id=s0,mux=on,signal=off,logfile=$SERIAL" \
+        -serial chardev:s0 -mon chardev=s0
+fi
+
+TIMEOUT=${RIG_TIMEOUT:-600}
+rig_log "booting $ARCH rig (timeout ${TIMEOUT}s, log $SERIAL)"
+BOOT_START=$(date +%s.%N)
+BOOT_WALL=
+QRC=0
+# The reader loop keeps the log, copies it to stderr and notes when init is up.
+set +e
+timeout -k 10 "$TIMEOUT" "${QEMU[@]}" -display none -monitor none -serial stdio \
+    </dev/null 2>"$LOG_DIR/qemu.stderr" |
+{
+    while IFS= read -r line || [ -n "$line" ]; do
+        line=${line%$'\r'}
+        printf '%s\n' "$line" >>"$SERIAL"
+        [ "${RIG_QUIET:-0}" = 1 ] || printf '%s | %s\n' "$ARCH" "$line" >&2
+        case "$line" in
+            RIG-INIT:\ up*)
+                printf '%s\n' "$(date +%s.%N)" >"$LOG_DIR/.init-up" ;;
+        esac
+    done
+}
+QRC=${PIPESTATUS[0]}
+set -e
+END=$(date +%s.%N)
+if [ -f "$LOG_DIR/.init-up" ]; then
+    BOOT_WALL=$(awk -v a="$BOOT_START" -v b="$(cat "$LOG_DIR/.init-up")" 'BEGIN { printf "%.1f", b - a }')
+    rm -f "$LOG_DIR/.init-up"
+fi
+RUN_WALL=$(awk -v a="$BOOT_START" -v b="$END" 'BEGIN { printf "%.1f", b - a }')
+GUEST_UP=$(sed -n 's/^RIG-INIT: up .* uptime=\([0-9.]*\)s.*/\1/p' "$SERIAL" | head -n1)
+
+RESULT=PASS RC=0 WHY=""
+if [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then
+    RESULT=FAIL RC=124 WHY="timeout after ${TIMEOUT}s"
+elif grep -qE 'Kernel panic|Internal error: Oops|^(\[ *[0-9.]+\] )?(Oops|BUG):' "$SERIAL"; then
+    RESULT=FAIL RC=2 WHY="kernel panic/oops/BUG"
+elif grep -q "^$RIG_FAIL_MARKER" "$SERIAL"; then
+    RESULT=FAIL RC=1 WHY="$(grep -m1 "^$RIG_FAIL_MARKER" "$SERIAL")"
+elif ! grep -qE "^$RIG_PASS_MARKER( .*)?\$" "$SERIAL"; then
+    RESULT=FAIL RC=1 WHY="no '$RIG_PASS_MARKER' line (qemu exit status $QRC)"
+fi
+
+{
+    echo "arch=$ARCH"
+    echo "scenario=$SCENARIO"
+    echo "result=$RESULT"
+    echo "reason=$WHY"
+    echo "qemu_exit=$QRC"
+    echo "kernel=$KERNEL"
+    echo "boot_to_init_wall_s=${BOOT_WALL:-}"
+    echo "boot_to_init_guest_s=${GUEST_UP:-}"
+    echo "qemu_wall_s=$RUN_WALL"
+    echo "total_wall_s=$(($(date +%s) - T0))"
+} >"$LOG_DIR/result"
+
+if [ "$RESULT" = PASS ]; then
+    rig_log "$ARCH: PASS (init up after ${BOOT_WALL:-?}s wall / ${GUEST_UP:-?}s guest, qemu ${RUN_WALL}s, total $(($(date +%s) - T0))s); log: $SERIAL"
+else
+    echo "----- last 40 lines of $SERIAL -----" >&2
+    tail -n 40 "$SERIAL" >&2
+    [ -s "$LOG_DIR/qemu.stderr" ] && { echo "----- qemu stderr -----" >&2; tail -n 10 "$LOG_DIR/qemu.stderr" >&2; }
+    rig_log "$ARCH: FAIL: $WHY; logs in $LOG_DIR"
+fi
+exit "$RC"
