@@ -94,6 +94,7 @@ pub fn print_memory_map(
 mod tests {
     use super::*;
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn plan_without_devices_skips_the_mmio_hole() {
         let mut out = Vec::new();
@@ -108,6 +109,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("x86 32-bit MMIO hole"), "{text}");
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn plan_without_devices_starts_at_ram_base_clear_of_the_msi_window() {
+        let mut out = Vec::new();
+        print_memory_map(2 << 30, &[], &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        // One region from the RAM base; the MSI window (0x08000000) lies below it.
+        assert!(text.contains("0x0000000040000000   0x00000000bfffffff"), "{text}");
+        assert!(text.contains("in 1 region"), "{text}");
     }
 
     #[test]

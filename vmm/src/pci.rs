@@ -12,9 +12,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use devices::pci::{
-    BarReprogram, MsiInterruptGroup, PciBdf, PciConfigIo, PciConfigMmio, PciRoot, PciWindowKind,
-    PciWindows, ECAM_BUS_SIZE, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_LEN,
+    BarReprogram, MsiInterruptGroup, PciBdf, PciConfigMmio, PciRoot, PciWindowKind, PciWindows,
+    ECAM_BUS_SIZE,
 };
+#[cfg(target_arch = "x86_64")]
+use devices::pci::{PciConfigIo, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_LEN};
 use devices::virtio::{VirtioDevice, VirtioPciDevice};
 use devices::{Block, Bus, DiskConfig, Rng};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};

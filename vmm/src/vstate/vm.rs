@@ -1,6 +1,8 @@
 //! The KVM VM: /dev/kvm, the VM fd, the in-kernel interrupt controllers and memory slots.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::kvm_userspace_memory_region;
+#[cfg(target_arch = "x86_64")]
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use std::sync::Arc;
 
 use kvm_ioctls::{Kvm, VmFd};
