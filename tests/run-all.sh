@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
+# aarch64 unit tests, cross-built with Debian's rustc and run under qemu-user (no KVM needed).
+# Set AARCH64_UNIT=0 to skip.
+if [ "${AARCH64_UNIT:-1}" = 1 ]; then
+    ./tests/aarch64-unit.sh
+else
+    echo "aarch64 unit tests: SKIPPED (AARCH64_UNIT=0)"
+fi
 # Rig arches whose scenarios have been proven end to end; override with RIG_ARCHES.
 RIG_ARCHES=${RIG_ARCHES-x86_64}
 if [ -n "$RIG_ARCHES" ]; then
