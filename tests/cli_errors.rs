@@ -293,3 +293,52 @@ fn bad_disks() {
         "/tmp",
     );
 }
+
+#[test]
+fn bad_passthrough_devices() {
+    require_kvm!();
+    let out = vmm(&[
+        "--kernel",
+        TINY_GUEST_ELF64,
+        "--device",
+        "path=/nonexistent/0000:00:1f.0",
+    ]);
+    assert_error(&out, "not a PCI device");
+    let out = vmm(&["--kernel", TINY_GUEST_ELF64, "--device", "path=/tmp"]);
+    assert_error(&out, "not a PCI device");
+    let out = vmm(&[
+        "--kernel",
+        TINY_GUEST_ELF64,
+        "--device",
+        "/sys/bus/pci/devices/x",
+    ]);
+    assert_error(&out, "--device");
+    // A real device of this host that is bound to some other driver (or none).
+    let bound_elsewhere = std::fs::read_dir("/sys/bus/pci/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::fs::read_link(p.join("driver"))
+                .map(|d| !d.ends_with("vfio-pci"))
+                .unwrap_or(true)
+        });
+    match bound_elsewhere {
+        Some(p) => {
+            let spec = format!("path={}", p.display());
+            let out = vmm(&["--kernel", TINY_GUEST_ELF64, "--device", &spec]);
+            assert_error(&out, "vfio-pci");
+            let out = vmm(&[
+                "--kernel",
+                TINY_GUEST_ELF64,
+                "--device",
+                &spec,
+                "--device",
+                &spec,
+            ]);
+            assert_error(&out, "--device");
+        }
+        None => eprintln!("SKIPPED part: no PCI device bound to a non-vfio driver on this host"),
+    }
+}

@@ -23,6 +23,7 @@ use crate::interrupts::InterruptManager;
 use crate::machine;
 use crate::pci::create_pci_segment;
 use crate::signals::{SignalsError, StopSignals};
+use crate::vfio::PassthroughPlan;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuError, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
@@ -60,9 +61,12 @@ pub enum BuilderError {
     /// vCPU setup.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    /// PCI segment.
+    /// PCI segment (boxed, as it may carry a passthrough error).
     #[error(transparent)]
-    Pci(#[from] crate::pci::PciError),
+    Pci(Box<crate::pci::PciError>),
+    /// Passthrough setup (boxed: its errors carry paths and device names).
+    #[error(transparent)]
+    Vfio(Box<crate::vfio::VfioError>),
     /// Signal setup.
     #[error(transparent)]
     Signals(#[from] SignalsError),
@@ -72,6 +76,18 @@ pub enum BuilderError {
     /// The event loop failed.
     #[error("event loop failed: {0}")]
     EventLoop(String),
+}
+
+impl From<crate::vfio::VfioError> for BuilderError {
+    fn from(e: crate::vfio::VfioError) -> Self {
+        BuilderError::Vfio(Box::new(e))
+    }
+}
+
+impl From<crate::pci::PciError> for BuilderError {
+    fn from(e: crate::pci::PciError) -> Self {
+        BuilderError::Pci(Box::new(e))
+    }
 }
 
 fn dev_err(e: impl std::fmt::Display) -> BuilderError {
@@ -153,7 +169,11 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     let vm = Vm::new()?;
     config.validate(&host_limits(&vm, config.hugepages))?;
 
-    let (ram, _) = machine::plan_ram(config.memory, Vec::new())?;
+    // Passthrough devices are found and their host ranges read before RAM is placed, so the
+    // plan keeps RAM off every reserved/MSI range.
+    let passthrough = PassthroughPlan::prepare(&config.devices)?;
+    let host_ranges = passthrough.as_ref().map(|p| p.ranges()).unwrap_or_default();
+    let (ram, _) = machine::plan_ram(config.memory, host_ranges)?;
     let ranges: Vec<(GuestAddress, usize)> = ram.iter().map(|&(a, s)| (a, s as usize)).collect();
     let mem = create_guest_memory(&ranges, config.backend, config.hugepages)?;
     machine::before_vcpus(&vm)?;
@@ -189,6 +209,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         &windows,
         ecam,
         machine::MSI_NEEDS_DEVID,
+        passthrough,
         &config.disks,
         config.rng,
         &mut pio,

@@ -4,9 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{
-    check_unique_devices, ConfigError, DeviceConfig, MemoryBackend, SerialConfig, Size, VmConfig,
-};
+use crate::config::{ConfigError, MemoryBackend, SerialConfig, Size, VmConfig};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -72,13 +70,9 @@ pub struct Cli {
     #[arg(long)]
     pub rng: bool,
 
-    /// A PCI device for passthrough, by sysfs path; repeatable. It must be bound to vfio-pci.
-    /// (For now used by --print-memory-map; booting with passthrough comes next.)
-    #[arg(
-        long,
-        value_name = "path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=NAME]",
-        requires = "print_memory_map"
-    )]
+    /// A PCI device to pass through, by sysfs path; repeatable. It must be bound to vfio-pci
+    /// and the host needs /dev/iommu (iommufd) and VFIO cdevs.
+    #[arg(long, value_name = "path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=NAME]")]
     pub device: Vec<String>,
 
     /// Print where guest RAM would go (avoiding the host's reserved and MSI ranges of every
@@ -98,17 +92,6 @@ fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
 }
 
 impl Cli {
-    /// The --device specs, parsed and checked for duplicates.
-    pub fn devices(&self) -> Result<Vec<DeviceConfig>, ConfigError> {
-        let d = self
-            .device
-            .iter()
-            .map(|s| s.parse())
-            .collect::<Result<Vec<DeviceConfig>, _>>()?;
-        check_unique_devices(&d)?;
-        Ok(d)
-    }
-
     /// Turns parsed arguments into a configuration (host limits are checked later).
     pub fn into_config(self) -> Result<VmConfig, ConfigError> {
         let memory: Size = self.memory.parse()?;
@@ -134,6 +117,7 @@ impl Cli {
                 })
                 .collect::<Result<_, _>>()?,
             rng: self.rng,
+            devices: self.device,
         })
     }
 }
@@ -205,27 +189,16 @@ mod tests {
         assert!(parse(&[]).is_err());
         let c = parse(&["--print-memory-map", "--memory", "4G"]).unwrap();
         assert!(c.print_memory_map);
-        assert!(parse(&["--kernel", "k", "--device", "path=/x/0000:00:01.0"]).is_err());
         let c = parse(&[
-            "--print-memory-map",
+            "--kernel",
+            "k",
             "--device",
             "path=/x/0000:00:01.0",
             "--device",
             "path=/x/0000:00:02.0,id=b",
         ])
         .unwrap();
-        assert_eq!(c.devices().unwrap().len(), 2);
-        let c = parse(&[
-            "--print-memory-map",
-            "--device",
-            "path=/x/a",
-            "--device",
-            "path=/x/a",
-        ]);
-        assert!(matches!(
-            c.unwrap().devices(),
-            Err(ConfigError::DuplicateDevice(_))
-        ));
+        assert_eq!(c.into_config().unwrap().devices.len(), 2);
     }
 
     #[test]

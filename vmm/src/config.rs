@@ -62,12 +62,6 @@ pub enum ConfigError {
         /// The effective limit.
         limit: u32,
     },
-    /// A --device spec that is not path=...[,id=...].
-    #[error("invalid --device '{0}': use path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=NAME]")]
-    InvalidDevice(String),
-    /// The same device twice.
-    #[error("--device {0} is given twice: pass each device once")]
-    DuplicateDevice(String),
     /// A --disk spec that does not parse.
     #[error("invalid --disk: {0}")]
     InvalidDisk(String),
@@ -144,56 +138,6 @@ impl FromStr for SerialConfig {
     }
 }
 
-/// A PCI device to pass through, named by its sysfs path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceConfig {
-    /// `/sys/bus/pci/devices/DDDD:BB:DD.F`.
-    pub path: PathBuf,
-    /// A name for messages and the API; defaults to the last path component.
-    pub id: String,
-}
-
-impl FromStr for DeviceConfig {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ConfigError::InvalidDevice(s.to_string());
-        let mut path = None;
-        let mut id = None;
-        for kv in s.split(',') {
-            match kv.split_once('=') {
-                Some(("path", v)) if !v.is_empty() && path.is_none() => {
-                    path = Some(PathBuf::from(v))
-                }
-                Some(("id", v)) if !v.is_empty() && id.is_none() => id = Some(v.to_string()),
-                _ => return Err(bad()),
-            }
-        }
-        let path = path.ok_or_else(bad)?;
-        let id = match id {
-            Some(id) => id,
-            None => path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .ok_or_else(bad)?,
-        };
-        Ok(DeviceConfig { path, id })
-    }
-}
-
-/// Checks that no device path or id is given twice.
-pub fn check_unique_devices(devices: &[DeviceConfig]) -> Result<(), ConfigError> {
-    for (i, d) in devices.iter().enumerate() {
-        if devices[..i]
-            .iter()
-            .any(|o| o.path == d.path || o.id == d.id)
-        {
-            return Err(ConfigError::DuplicateDevice(d.id.clone()));
-        }
-    }
-    Ok(())
-}
-
 /// How guest RAM is backed on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MemoryBackend {
@@ -227,6 +171,9 @@ pub struct VmConfig {
     pub disks: Vec<devices::DiskConfig>,
     /// A virtio-rng device.
     pub rng: bool,
+    /// PCI devices to pass through (`path=/sys/bus/pci/devices/BDF[,id=NAME]`), parsed and
+    /// checked by the passthrough crate.
+    pub devices: Vec<String>,
 }
 
 /// Host facts that bound a configuration.
@@ -290,6 +237,7 @@ mod tests {
             hugepages: false,
             disks: Vec::new(),
             rng: false,
+            devices: Vec::new(),
         }
     }
 
@@ -345,34 +293,6 @@ mod tests {
         );
         assert!("file=".parse::<SerialConfig>().is_err());
         assert!("tty".parse::<SerialConfig>().is_err());
-    }
-
-    #[test]
-    fn device_specs() {
-        let d: DeviceConfig = "path=/sys/bus/pci/devices/0000:00:03.0".parse().unwrap();
-        assert_eq!(d.id, "0000:00:03.0");
-        let d: DeviceConfig = "path=/sys/x/0000:00:04.0,id=disk0".parse().unwrap();
-        assert_eq!(
-            (d.path, d.id),
-            (PathBuf::from("/sys/x/0000:00:04.0"), "disk0".into())
-        );
-        for bad in [
-            "",
-            "path=",
-            "id=x",
-            "path=/a,path=/b",
-            "path=/a,foo=1",
-            "/sys/x",
-        ] {
-            assert!(bad.parse::<DeviceConfig>().is_err(), "{bad}");
-        }
-        let a: DeviceConfig = "path=/a/0000:00:03.0".parse().unwrap();
-        let b: DeviceConfig = "path=/a/0000:00:03.0,id=other".parse().unwrap();
-        assert_eq!(check_unique_devices(std::slice::from_ref(&a)), Ok(()));
-        assert!(matches!(
-            check_unique_devices(&[a, b]),
-            Err(ConfigError::DuplicateDevice(_))
-        ));
     }
 
     #[test]

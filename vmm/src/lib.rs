@@ -18,4 +18,5 @@ pub mod machine;
 pub mod memory_plan;
 pub mod pci;
 pub mod signals;
+pub mod vfio;
 pub mod vstate;

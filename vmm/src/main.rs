@@ -9,11 +9,11 @@ fn main() {
     vmm::logger::init(cli.log_level);
     if cli.print_memory_map {
         let result = cli
-            .devices()
-            .and_then(|d| cli.memory.parse::<vmm::config::Size>().map(|m| (d, m)))
+            .memory
+            .parse::<vmm::config::Size>()
             .map_err(|e| e.to_string())
-            .and_then(|(devices, memory)| {
-                vmm::memory_plan::print_memory_map(memory.0, &devices, &mut std::io::stdout())
+            .and_then(|memory| {
+                vmm::memory_plan::print_memory_map(memory.0, &cli.device, &mut std::io::stdout())
                     .map_err(|e| e.to_string())
             });
         if let Err(e) = result {

@@ -23,6 +23,11 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::interrupts::InterruptManager;
+use crate::vfio::{AttachedPassthrough, PassthroughPlan};
+use passthrough::vfio_pci::VfioPciFunction;
+
+/// Whether passed-through functions show I/O BARs: only where the platform has port I/O.
+const IO_BARS: bool = cfg!(target_arch = "x86_64");
 
 /// Errors building the PCI segment.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,9 @@ pub enum PciError {
     /// MSI vectors could not be allocated.
     #[error(transparent)]
     Interrupts(#[from] crate::interrupts::InterruptManagerError),
+    /// Passthrough setup.
+    #[error(transparent)]
+    Vfio(#[from] crate::vfio::VfioError),
     /// More devices than bus 0 has slots.
     #[error("too many PCI devices for bus 0: use fewer --disk/--device options")]
     TooManyDevices,
@@ -56,10 +64,13 @@ pub enum PciError {
 }
 
 type VirtioDevices = Arc<Mutex<HashMap<PciBdf, Arc<Mutex<VirtioPciDevice>>>>>;
+type PassthroughFunctions = Arc<Mutex<HashMap<PciBdf, Arc<Mutex<VfioPciFunction>>>>>;
 
-/// The PCI segment of a VM. Dropping it removes the devices' routes and irqfds (their
-/// `MsiGroup`s) and stops their worker threads.
+/// The PCI segment of a VM. Dropping it first tears down the passed-through devices (in the
+/// passthrough crate's order), then removes the emulated devices' routes and irqfds and
+/// stops their worker threads.
 pub struct PciSegment {
+    passthrough: Option<AttachedPassthrough>,
     /// The root complex.
     pub root: Arc<Mutex<PciRoot>>,
     devices: VirtioDevices,
@@ -69,6 +80,11 @@ impl PciSegment {
     /// Number of emulated virtio functions.
     pub fn virtio_count(&self) -> usize {
         self.devices.lock().map(|d| d.len()).unwrap_or(0)
+    }
+
+    /// Number of passed-through functions.
+    pub fn passthrough_count(&self) -> usize {
+        self.passthrough.as_ref().map_or(0, |p| p.len())
     }
 }
 
@@ -99,8 +115,8 @@ fn move_notifiers(vm: &VmFd, dev: &Mutex<VirtioPciDevice>, bdf: PciBdf, r: &BarR
     }
 }
 
-/// Builds bus 0 with the emulated devices and puts its config-space and BAR windows on the
-/// VM's buses.
+/// Builds bus 0 with the passed-through functions (slots 1..) and the emulated devices
+/// after them, and puts its config-space and BAR windows on the VM's buses.
 #[allow(clippy::too_many_arguments)]
 pub fn create_pci_segment(
     vm: Arc<VmFd>,
@@ -109,6 +125,7 @@ pub fn create_pci_segment(
     windows: &PciWindows,
     ecam_base: u64,
     msi_devid: bool,
+    passthrough: Option<PassthroughPlan>,
     disks: &[DiskConfig],
     rng: bool,
     pio: &mut Bus,
@@ -116,16 +133,37 @@ pub fn create_pci_segment(
 ) -> Result<PciSegment, PciError> {
     let mut root = PciRoot::new(windows)?;
     let devices: VirtioDevices = Arc::new(Mutex::new(HashMap::new()));
+    let functions: PassthroughFunctions = Arc::new(Mutex::new(HashMap::new()));
     {
         let devices = devices.clone();
+        let functions = functions.clone();
         let vm = vm.clone();
         root.set_bar_move_callback(Box::new(move |bdf, r| {
             let dev = devices.lock().ok().and_then(|d| d.get(&bdf).cloned());
             if let Some(dev) = dev {
                 move_notifiers(&vm, &dev, bdf, r);
             }
+            let f = functions.lock().ok().and_then(|f| f.get(&bdf).cloned());
+            if let Some(f) = f {
+                // BAR memslots follow the guest's placement.
+                f.lock().unwrap_or_else(|e| e.into_inner()).bar_moved(r);
+            }
         }));
     }
+
+    // Passed-through functions take the first slots after the host bridge.
+    let attached = match passthrough {
+        Some(plan) => {
+            let a = plan.attach(vm.clone(), mem, irq, &mut root, 1, msi_devid, IO_BARS)?;
+            functions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(a.functions.iter().map(|(b, f)| (*b, f.clone())));
+            Some(a)
+        }
+        None => None,
+    };
+    let first_virtio_slot = 1 + attached.as_ref().map_or(0, |a| a.len());
 
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for d in disks {
@@ -139,7 +177,8 @@ pub fn create_pci_segment(
         // The root fills slots in order after the host bridge at 00.0, so this function will
         // be 00:(i+1).0; the device tree's msi-map is the identity, so its ITS DeviceID is
         // its requester ID. x86 MSIs need no DeviceID.
-        let expected = PciBdf::new(0, (i + 1) as u8, 0).ok_or(PciError::TooManyDevices)?;
+        let expected =
+            PciBdf::new(0, (first_virtio_slot + i) as u8, 0).ok_or(PciError::TooManyDevices)?;
         let devid = msi_devid.then(|| u32::from(expected.requester_id()));
         let group: Arc<dyn MsiInterruptGroup> = Arc::new(irq.msi_group(vectors, devid)?);
         let dev = Arc::new(Mutex::new(VirtioPciDevice::new(model, mem.clone(), group)?));
@@ -175,5 +214,9 @@ pub fn create_pci_segment(
         };
         bus.insert(w.device, w.base, w.len)?;
     }
-    Ok(PciSegment { root, devices })
+    Ok(PciSegment {
+        passthrough: attached,
+        root,
+        devices,
+    })
 }

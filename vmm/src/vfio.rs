@@ -1,0 +1,277 @@
+//! VFIO passthrough in the VM's life cycle: what must happen before guest RAM is placed
+//! (find each `--device`, open /dev/iommu, read each device's IOVA ranges and reserved
+//! regions), and after the PCI root exists (attach each device to the VM's IOAS and to KVM,
+//! put its function on bus 0, map guest RAM for DMA).
+//!
+//! The device model and every iommufd/VFIO step are in the passthrough crate; this module
+//! supplies the VM's side of its boundary traits (KVM memory slots for BAR mmaps, the
+//! interrupt manager's MSI groups) and keeps the teardown order.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use devices::pci::{MsiInterruptGroup, PciBdf, PciRoot};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use passthrough::device_spec::{locate_all, DeviceSpec, LocatedDevice};
+use passthrough::hypervisor::{GuestMemslots, KernelKvmVfio, MemslotId};
+use passthrough::memlock::MemlockLimit;
+use passthrough::memory_map::DeviceRanges;
+use passthrough::passthrough_device::{
+    open_iommufd, KernelOpener, PassthroughDevice, VmPassthrough,
+};
+use passthrough::ram_dma::{GuestRam, GuestRamDma, SharedIommufd, VmIoas};
+use passthrough::vfio_pci::VfioPciFunction;
+use passthrough::{probe_ranges, HostVirtAddr, Sysfs};
+use vm_memory::GuestMemoryMmap;
+
+use crate::interrupts::InterruptManager;
+
+/// Where VFIO cdevs and the iommufd live on a host.
+const VFIO_DEV_ROOT: &str = "/dev/vfio/devices";
+const IOMMUFD: &str = "/dev/iommu";
+
+/// Errors of passthrough setup; each names the device and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum VfioError {
+    /// A --device could not be parsed or located.
+    #[error(transparent)]
+    Spec(#[from] passthrough::device_spec::DeviceSpecError),
+    /// A device step failed.
+    #[error(transparent)]
+    Device(#[from] passthrough::passthrough_device::PassthroughError),
+    /// The host ranges could not be read.
+    #[error("--device {0}: {1}")]
+    Probe(String, passthrough::VfioCdevError),
+    /// The VM's IOAS or RAM mapping failed.
+    #[error(transparent)]
+    RamDma(#[from] passthrough::ram_dma::RamDmaError),
+    /// KVM's VFIO device could not be created.
+    #[error("cannot create the KVM VFIO device (KVM_CREATE_DEVICE): {0}; the host KVM needs CONFIG_KVM_VFIO")]
+    KvmVfio(std::io::Error),
+    /// RLIMIT_MEMLOCK could not be read.
+    #[error("cannot read RLIMIT_MEMLOCK: {0}")]
+    Memlock(std::io::Error),
+    /// The PCI root refused the function.
+    #[error("--device {0}: {1}")]
+    Root(String, devices::pci::PciRootError),
+    /// The root put the function somewhere else than its MSI DeviceID assumed.
+    #[error(
+        "--device {0}: placed at {1}, expected {2}: its MSI routes would carry the wrong DeviceID"
+    )]
+    UnexpectedSlot(String, PciBdf, PciBdf),
+}
+
+/// The devices to pass through, found and probed before guest RAM is placed.
+pub struct PassthroughPlan {
+    located: Vec<LocatedDevice>,
+    iommufd: SharedIommufd,
+    ranges: Vec<DeviceRanges>,
+}
+
+impl PassthroughPlan {
+    /// Locates every `--device` (refusing duplicates), opens /dev/iommu and reads each
+    /// device's IOVA ranges (attached to a scratch IOAS) and reserved regions.
+    pub fn prepare(specs: &[String]) -> Result<Option<PassthroughPlan>, VfioError> {
+        if specs.is_empty() {
+            return Ok(None);
+        }
+        let specs = specs
+            .iter()
+            .map(|s| s.parse::<DeviceSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let located = locate_all(&specs, Path::new(VFIO_DEV_ROOT))?;
+        let mut fd = open_iommufd(Path::new(IOMMUFD), &located)?;
+        let sysfs = Sysfs::host();
+        let mut ranges = Vec::with_capacity(located.len());
+        for d in &located {
+            ranges.push(
+                probe_ranges(&mut fd, &sysfs, &d.pci)
+                    .map_err(|e| VfioError::Probe(d.name.clone(), e))?,
+            );
+        }
+        Ok(Some(PassthroughPlan {
+            located,
+            iommufd: Arc::new(Mutex::new(fd)),
+            ranges,
+        }))
+    }
+
+    /// What guest RAM must avoid for these devices.
+    pub fn ranges(&self) -> Vec<DeviceRanges> {
+        self.ranges.clone()
+    }
+
+    /// Attaches every device to a new IOAS and to KVM, puts its function on `root` (from
+    /// slot `first_slot` on, in order), and maps guest RAM for DMA. `msi_devid`: MSI routes
+    /// carry the function's requester ID as ITS DeviceID (aarch64).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach(
+        self,
+        vm: Arc<VmFd>,
+        mem: &GuestMemoryMmap,
+        irq: &Arc<InterruptManager>,
+        root: &mut PciRoot,
+        first_slot: u8,
+        msi_devid: bool,
+        io_bars: bool,
+    ) -> Result<AttachedPassthrough, VfioError> {
+        let ioas = VmIoas::new(self.iommufd.clone())?;
+        let kvm = Arc::new(KernelKvmVfio::new(&vm).map_err(VfioError::KvmVfio)?);
+        let memslots = Arc::new(KvmMemslots::new(vm, mem_slot_base(mem)));
+        let mut ctx = VmPassthrough::new(self.iommufd.clone(), ioas.id(), kvm, memslots);
+        ctx.options.io_bars = io_bars;
+
+        let mut devices = Vec::with_capacity(self.located.len());
+        let mut functions = HashMap::new();
+        for (i, d) in self.located.iter().enumerate() {
+            let expected = PciBdf::new(0, first_slot + i as u8, 0).ok_or_else(|| {
+                VfioError::Root(d.name.clone(), devices::pci::PciRootError::NoFreeSlot)
+            })?;
+            let devid = msi_devid.then(|| u32::from(expected.requester_id()));
+            let mut groups = |n: u16| {
+                irq.msi_group(n, devid)
+                    .map(|g| Arc::new(g) as Arc<dyn MsiInterruptGroup>)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            };
+            let pt = PassthroughDevice::attach(d, &ctx, &mut KernelOpener, &mut groups)?;
+            let Some(f) = pt.function() else {
+                // attach() returns with the function in place; treat anything else as a bug
+                // in the device model rather than crash.
+                return Err(VfioError::Root(
+                    d.name.clone(),
+                    devices::pci::PciRootError::NoFreeSlot,
+                ));
+            };
+            let bdf = root
+                .add_device(f.clone())
+                .map_err(|e| VfioError::Root(d.name.clone(), e))?;
+            if bdf != expected {
+                return Err(VfioError::UnexpectedSlot(d.name.clone(), bdf, expected));
+            }
+            log::info!("PCI {bdf}: passthrough of {} ({})", d.name, d.pci.bdf);
+            functions.insert(bdf, f);
+            devices.push(pt);
+        }
+        let who = self
+            .located
+            .iter()
+            .map(|d| format!("--device {}", d.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let limit = MemlockLimit::current().map_err(VfioError::Memlock)?;
+        let dma = GuestRamDma::map(
+            self.iommufd.clone(),
+            ioas.id(),
+            &GuestRam::from_memory(mem),
+            &limit,
+            &who,
+        )?;
+        Ok(AttachedPassthrough {
+            dma: Some(dma),
+            devices,
+            functions,
+            _ioas: ioas,
+            _iommufd: self.iommufd,
+        })
+    }
+}
+
+/// Passed-through devices of a running VM. Fields drop in order: RAM DMA mappings, the
+/// devices (detach, unbind, KVM remove, close), the IOAS, the iommufd.
+pub struct AttachedPassthrough {
+    dma: Option<GuestRamDma>,
+    devices: Vec<PassthroughDevice>,
+    /// Functions by guest BDF, for BAR moves.
+    pub functions: HashMap<PciBdf, Arc<Mutex<VfioPciFunction>>>,
+    _ioas: VmIoas,
+    _iommufd: SharedIommufd,
+}
+
+impl AttachedPassthrough {
+    /// Number of passed-through devices.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+}
+
+impl Drop for AttachedPassthrough {
+    fn drop(&mut self) {
+        self.dma.take();
+        self.devices.clear();
+    }
+}
+
+/// Memory slots after the RAM slots: RAM uses 0..regions.
+fn mem_slot_base(mem: &GuestMemoryMmap) -> u32 {
+    use vm_memory::GuestMemoryBackend;
+    mem.num_regions() as u32
+}
+
+/// KVM memory slots for BAR mmaps.
+struct KvmMemslots {
+    vm: Arc<VmFd>,
+    next: AtomicU32,
+    free: Mutex<Vec<u32>>,
+}
+
+impl KvmMemslots {
+    fn new(vm: Arc<VmFd>, base: u32) -> Self {
+        KvmMemslots {
+            vm,
+            next: AtomicU32::new(base),
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn set(&self, slot: u32, gpa: u64, len: u64, host: u64) -> std::io::Result<()> {
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: len,
+            userspace_addr: host,
+        };
+        // SAFETY: for a non-zero size, [host, host + len) is a BAR mapping owned by the VFIO
+        // function, which removes the slot (size 0) before it unmaps; a zero size deletes.
+        unsafe { self.vm.set_user_memory_region(r) }
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+impl GuestMemslots for KvmMemslots {
+    fn map(&self, gpa: u64, len: u64, host: HostVirtAddr) -> std::io::Result<MemslotId> {
+        let slot = self
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed));
+        match self.set(slot, gpa, len, host.0) {
+            Ok(()) => Ok(MemslotId(slot)),
+            Err(e) => {
+                self.free
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(slot);
+                Err(e)
+            }
+        }
+    }
+
+    fn unmap(&self, slot: MemslotId) -> std::io::Result<()> {
+        self.set(slot.0, 0, 0, 0)?;
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot.0);
+        Ok(())
+    }
+}
