@@ -5,6 +5,34 @@ echo "L2-REPORT arch=$(uname -m)"
 echo "L2-REPORT nproc=$(nproc)"
 echo "L2-REPORT memtotal_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
 echo "L2-REPORT cmdline=$(cat /proc/cmdline)"
+# Passthrough checks when the VMM gave us devices (rig scenario passthrough.sh).
+NEW_SIG=$(sed -n 's/.*l2.new_sig=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$NEW_SIG" ]; then
+    for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
+    if [ -b /dev/vda ]; then
+        echo "L2-REPORT disk_sig=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n 1 | tr -d '\0')"
+        if printf '%s\n' "$NEW_SIG" | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null && sync; then
+            echo "L2-REPORT disk_write=ok"
+        else
+            echo "L2-REPORT disk_write=failed"
+        fi
+    else
+        echo "L2-REPORT disk_sig=none (no /dev/vda)"
+    fi
+    NETIF=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+    if [ -n "$NETIF" ]; then
+        ip link set "$NETIF" up
+        udhcpc -i "$NETIF" -n -q -t 3 -T 1 >/dev/null 2>&1
+        sleep 1
+    fi
+    grep -i virtio /proc/interrupts | while read -r line; do echo "L2-REPORT irq=$line"; done
+    # Sum the per-CPU counts of the virtio-pci MSI-X lines of each driver.
+    sum_irqs() {
+        grep -iE "$1" /proc/interrupts | awk '{for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) s += $i; else break} END {print s + 0}'
+    }
+    echo "L2-REPORT blk_irqs=$(sum_irqs 'virtio[0-9]+-req')"
+    echo "L2-REPORT net_irqs=$(sum_irqs 'virtio[0-9]+-(input|output)')"
+fi
 echo "L2-REPORT done"
 # x86: no ACPI, so power-off cannot reach the VMM; reboot=k makes reboot pulse the i8042
 # reset line, which ends our VMM with status 0. aarch64: PSCI SYSTEM_OFF.
