@@ -34,6 +34,9 @@ if [ -n "$NEW_SIG" ]; then
     echo "L2-REPORT net_irqs=$(sum_irqs 'virtio[0-9]+-(input|output)')"
 fi
 echo "L2-REPORT done"
+# reboot -f/poweroff -f do not wait for the tty to drain, and each console byte is an
+# interrupt round trip through two levels of virtualization: give the output time to leave.
+sleep 5
 # x86: no ACPI, so power-off cannot reach the VMM; reboot=k makes reboot pulse the i8042
 # reset line, which ends our VMM with status 0. aarch64: PSCI SYSTEM_OFF.
 case "$(uname -m)" in
