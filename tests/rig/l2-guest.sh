@@ -33,6 +33,18 @@ if [ -n "$NEW_SIG" ]; then
     echo "L2-REPORT blk_irqs=$(sum_irqs 'virtio[0-9]+-req')"
     echo "L2-REPORT net_irqs=$(sum_irqs 'virtio[0-9]+-(input|output)')"
 fi
+# Throughput of /dev/vda when asked (rig scenario bench.sh): 32 MiB sequential read and write.
+if grep -q "l2.bench=1" /proc/cmdline; then
+    for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
+    now() { cut -d' ' -f1 /proc/uptime; }
+    t0=$(now)
+    dd if=/dev/vda of=/dev/null bs=1M count=32 2>/dev/null
+    t1=$(now)
+    dd if=/dev/zero of=/dev/vda bs=1M count=32 conv=fsync 2>/dev/null
+    t2=$(now)
+    echo "L2-REPORT bench_read_mbps=$(awk "BEGIN{d=$t1-$t0; if (d<0.01) d=0.01; printf \"%.1f\", 32/d}")"
+    echo "L2-REPORT bench_write_mbps=$(awk "BEGIN{d=$t2-$t1; if (d<0.01) d=0.01; printf \"%.1f\", 32/d}")"
+fi
 echo "L2-REPORT done"
 # reboot -f/poweroff -f do not wait for the tty to drain, and each console byte is an
 # interrupt round trip through two levels of virtualization: give the output time to leave.

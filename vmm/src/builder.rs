@@ -122,6 +122,29 @@ pub fn host_memory(meminfo: &str, hugepages: bool) -> u64 {
     }
 }
 
+/// Milliseconds since this process started (from /proc/self/stat's start time), for the
+/// start-up figures logged at info level.
+fn process_age_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Field 22 (starttime, in clock ticks since boot) comes after the ")" of the comm field.
+    let start_ticks: f64 = stat
+        .rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (hz > 0.0).then(|| (uptime - start_ticks / hz) * 1e3)
+}
+
 /// Watches the exit event and SIGINT/SIGTERM on the main thread.
 struct StopWatcher {
     exit: Arc<ExitEvent>,
@@ -234,6 +257,10 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         .collect();
     machine::boot(&vm, &mem, &ram, config, &vcpus)?;
 
+    log::info!(
+        "vCPUs start {:.1} ms after the VMM started",
+        process_age_ms().unwrap_or(f64::NAN)
+    );
     let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
     let mut started = Ok(());
     for vcpu in vcpus {

@@ -25,7 +25,7 @@ use passthrough::passthrough_device::{
 use passthrough::ram_dma::{GuestRam, GuestRamDma, SharedIommufd, VmIoas};
 use passthrough::vfio_pci::VfioPciFunction;
 use passthrough::{probe_ranges, HostVirtAddr, Sysfs};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::interrupts::InterruptManager;
 
@@ -118,6 +118,7 @@ impl PassthroughPlan {
         msi_devid: bool,
         io_bars: bool,
     ) -> Result<AttachedPassthrough, VfioError> {
+        let t0 = std::time::Instant::now();
         let ioas = VmIoas::new(self.iommufd.clone())?;
         let kvm = Arc::new(KernelKvmVfio::new(&vm).map_err(VfioError::KvmVfio)?);
         let memslots = Arc::new(KvmMemslots::new(vm, mem_slot_base(mem)));
@@ -161,14 +162,24 @@ impl PassthroughPlan {
             .map(|d| format!("--device {}", d.name))
             .collect::<Vec<_>>()
             .join(", ");
+        let attached_at = t0.elapsed();
         let limit = MemlockLimit::current().map_err(VfioError::Memlock)?;
-        let dma = GuestRamDma::map(
-            self.iommufd.clone(),
-            ioas.id(),
-            &GuestRam::from_memory(mem),
-            &limit,
-            &who,
-        )?;
+        let ram = GuestRam::from_memory(mem);
+        let ram_bytes: u64 = ram.iter().map(|r| r.size).sum();
+        let t1 = std::time::Instant::now();
+        let dma = GuestRamDma::map(self.iommufd.clone(), ioas.id(), &ram, &limit, &who)?;
+        log::info!(
+            "passthrough: {} device(s) attached in {:.1} ms; {} MiB of guest RAM mapped for DMA in {:.1} ms ({})",
+            devices.len(),
+            attached_at.as_secs_f64() * 1e3,
+            ram_bytes >> 20,
+            t1.elapsed().as_secs_f64() * 1e3,
+            if mem.iter().any(|r| vm_memory::GuestMemoryRegion::file_offset(r).is_some()) {
+                "memfd"
+            } else {
+                "anonymous"
+            },
+        );
         Ok(AttachedPassthrough {
             dma: Some(dma),
             devices,
@@ -211,7 +222,6 @@ impl Drop for AttachedPassthrough {
 
 /// Memory slots after the RAM slots: RAM uses 0..regions.
 fn mem_slot_base(mem: &GuestMemoryMmap) -> u32 {
-    use vm_memory::GuestMemoryBackend;
     mem.num_regions() as u32
 }
 
