@@ -164,8 +164,17 @@ mod x86_64 {
                 what: "KVM_GET_SUPPORTED_CPUID",
                 source,
             })?;
+        let extras = crate::arch::x86_64::cpuid::CpuidExtras {
+            tsc_deadline: vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        };
         for v in vcpus {
-            configure_vcpu(v, &supported, config.vcpus, (v.id == 0).then_some(&entry))?;
+            configure_vcpu(
+                v,
+                &supported,
+                extras,
+                config.vcpus,
+                (v.id == 0).then_some(&entry),
+            )?;
         }
         Ok(())
     }

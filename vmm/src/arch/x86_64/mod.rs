@@ -16,11 +16,12 @@ use crate::vstate::vcpu::{Vcpu, VcpuError};
 pub fn configure_vcpu(
     vcpu: &Vcpu,
     supported_cpuid: &CpuId,
+    extras: cpuid::CpuidExtras,
     count: u32,
     entry: Option<&BootEntry>,
 ) -> Result<(), VcpuError> {
     let mut cpuid = supported_cpuid.clone();
-    cpuid::patch_cpuid(&mut cpuid, vcpu.id, count);
+    cpuid::patch_cpuid(&mut cpuid, vcpu.id, count, extras);
     vcpu.ioctl("KVM_SET_CPUID2", vcpu.fd.set_cpuid2(&cpuid))?;
     let boot_msrs = msrs::boot_msrs().map_err(|e| VcpuError::Msrs(vcpu.id, e))?;
     let set = vcpu.ioctl("KVM_SET_MSRS", vcpu.fd.set_msrs(&boot_msrs))?;
