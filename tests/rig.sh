@@ -3,7 +3,7 @@
 # resources/rig/README.md), the static VMM for each arch, and runs each scenario in each rig.
 #
 #   tests/rig.sh [ARCH...]      default: x86_64 aarch64 (or $RIG_ARCHES)
-#   RIG_SCENARIOS="iommufd l2-boot"  which scenarios (tests/rig/NAME.sh) to run
+#   RIG_SCENARIOS="iommufd l2-boot virtio passthrough"  which scenarios (tests/rig/NAME.sh) to run
 #
 # Exit status: non-zero if any scenario failed; the serial logs are kept under
 # $RIG_CACHE/logs and their path is printed.
@@ -39,7 +39,7 @@ for arch in $ARCHES; do
     kernel=$(bash "$RIG/build-kernel.sh" "$arch")
     l2_initrd="$WORK/l2-$arch.cpio.gz"
     bash "$RIG/build-initramfs.sh" "$arch" "$l2_initrd" --scenario "$ROOT/tests/rig/l2-guest.sh" >/dev/null
-    for scenario in ${RIG_SCENARIOS:-iommufd l2-boot}; do
+    for scenario in ${RIG_SCENARIOS:-iommufd l2-boot virtio passthrough}; do
         rig_log "== $arch: scenario $scenario"
         if bash "$RIG/run.sh" "$arch" "$ROOT/tests/rig/$scenario.sh" \
             "$bins/vmm=/rig/vmm" "$bins/iommufd-conformance=/rig/iommufd-conformance" \

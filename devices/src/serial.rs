@@ -239,9 +239,10 @@ mod tests {
         let evt = EventFd::new(EFD_NONBLOCK).unwrap();
         let mut s = Serial::with_writer(evt.try_clone().unwrap(), Box::new(std::io::sink()));
         s.write(IER, &[0x02]);
-        assert!(evt.read().unwrap() >= 1); // vm-superio's pulse and ours may both count
-        // Console masks IER, writes polled, restores IER: the guest never read IIR, so the
-        // THRE condition is still "pending" in the model; the line must pulse again.
+        // vm-superio's pulse and ours may both count.
+        assert!(evt.read().unwrap() >= 1);
+                                           // Console masks IER, writes polled, restores IER: the guest never read IIR, so the
+                                           // THRE condition is still "pending" in the model; the line must pulse again.
         s.write(IER, &[0x00]);
         s.write(THR, b"x");
         s.write(IER, &[0x02]);

@@ -25,6 +25,10 @@ if [ -n "$NEW_SIG" ]; then
         udhcpc -i "$NETIF" -n -q -t 3 -T 1 >/dev/null 2>&1
         sleep 1
     fi
+    if [ -c /dev/hwrng ]; then
+        echo "L2-REPORT hwrng_bytes=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | wc -c)"
+        echo "L2-REPORT hwrng_rng=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
+    fi
     grep -i virtio /proc/interrupts | while read -r line; do echo "L2-REPORT irq=$line"; done
     # Sum the per-CPU counts of the virtio-pci MSI-X lines of each driver.
     sum_irqs() {
@@ -32,6 +36,7 @@ if [ -n "$NEW_SIG" ]; then
     }
     echo "L2-REPORT blk_irqs=$(sum_irqs 'virtio[0-9]+-req')"
     echo "L2-REPORT net_irqs=$(sum_irqs 'virtio[0-9]+-(input|output)')"
+    echo "L2-REPORT input_irqs=$(sum_irqs 'virtio[0-9]+-input')"
 fi
 # Throughput of /dev/vda when asked (rig scenario bench.sh): 32 MiB sequential read and write.
 if grep -q "l2.bench=1" /proc/cmdline; then
