@@ -241,8 +241,8 @@ mod tests {
         s.write(IER, &[0x02]);
         // vm-superio's pulse and ours may both count.
         assert!(evt.read().unwrap() >= 1);
-                                           // Console masks IER, writes polled, restores IER: the guest never read IIR, so the
-                                           // THRE condition is still "pending" in the model; the line must pulse again.
+        // Console masks IER, writes polled, restores IER: the guest never read IIR, so the
+        // THRE condition is still "pending" in the model; the line must pulse again.
         s.write(IER, &[0x00]);
         s.write(THR, b"x");
         s.write(IER, &[0x02]);
