@@ -117,6 +117,39 @@ pub struct GuestRam<'a> {
     pub source: MapSource<'a>,
 }
 
+impl<'a> GuestRam<'a> {
+    /// The regions of `mem`: memfd-backed ones by file (`IOMMU_IOAS_MAP_FILE`, which pins
+    /// the file's pages without walking the process's page tables), the rest by process
+    /// address.
+    pub fn from_memory_files(mem: &'a GuestMemoryMmap) -> Vec<GuestRam<'a>> {
+        mem.iter()
+            .filter_map(|r| {
+                let source = match r.file_offset() {
+                    Some(f) => MapSource::File {
+                        fd: std::os::fd::AsFd::as_fd(f.file()),
+                        offset: f.start(),
+                    },
+                    None => {
+                        let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+                        MapSource::UserVa(HostVirtAddr(host as u64))
+                    }
+                };
+                Some(GuestRam {
+                    gpa: r.start_addr().0,
+                    size: r.len(),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether any region maps by file.
+    pub fn any_file(ram: &[GuestRam<'_>]) -> bool {
+        ram.iter()
+            .any(|r| matches!(r.source, MapSource::File { .. }))
+    }
+}
+
 impl GuestRam<'static> {
     /// The regions of `mem`, by process address.
     pub fn from_memory(mem: &GuestMemoryMmap) -> Vec<GuestRam<'static>> {

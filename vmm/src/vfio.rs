@@ -22,7 +22,7 @@ use passthrough::memory_map::DeviceRanges;
 use passthrough::passthrough_device::{
     open_iommufd, KernelOpener, PassthroughDevice, VmPassthrough,
 };
-use passthrough::ram_dma::{GuestRam, GuestRamDma, SharedIommufd, VmIoas};
+use passthrough::ram_dma::{GuestRam, GuestRamDma, RamDmaError, SharedIommufd, VmIoas};
 use passthrough::vfio_pci::VfioPciFunction;
 use passthrough::{probe_ranges, HostVirtAddr, Sysfs};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
@@ -164,21 +164,38 @@ impl PassthroughPlan {
             .join(", ");
         let attached_at = t0.elapsed();
         let limit = MemlockLimit::current().map_err(VfioError::Memlock)?;
-        let ram = GuestRam::from_memory(mem);
+        let ram = GuestRam::from_memory_files(mem);
         let ram_bytes: u64 = ram.iter().map(|r| r.size).sum();
         let t1 = std::time::Instant::now();
-        let dma = GuestRamDma::map(self.iommufd.clone(), ioas.id(), &ram, &limit, &who)?;
+        let mut how = if GuestRam::any_file(&ram) {
+            "memfd, IOMMU_IOAS_MAP_FILE"
+        } else {
+            "anonymous, IOMMU_IOAS_MAP"
+        };
+        let dma = match GuestRamDma::map(self.iommufd.clone(), ioas.id(), &ram, &limit, &who) {
+            // Kernels before 6.13 have no MAP_FILE: map the same memory by address instead.
+            Err(RamDmaError::Map { source, .. })
+                if GuestRam::any_file(&ram) && source.errno() == libc::ENOTTY =>
+            {
+                log::info!("passthrough: no IOMMU_IOAS_MAP_FILE in this kernel; mapping guest RAM by address");
+                how = "memfd, IOMMU_IOAS_MAP (no MAP_FILE)";
+                GuestRamDma::map(
+                    self.iommufd.clone(),
+                    ioas.id(),
+                    &GuestRam::from_memory(mem),
+                    &limit,
+                    &who,
+                )?
+            }
+            other => other?,
+        };
         log::info!(
             "passthrough: {} device(s) attached in {:.1} ms; {} MiB of guest RAM mapped for DMA in {:.1} ms ({})",
             devices.len(),
             attached_at.as_secs_f64() * 1e3,
             ram_bytes >> 20,
             t1.elapsed().as_secs_f64() * 1e3,
-            if mem.iter().any(|r| vm_memory::GuestMemoryRegion::file_offset(r).is_some()) {
-                "memfd"
-            } else {
-                "anonymous"
-            },
+            how,
         );
         Ok(AttachedPassthrough {
             dma: Some(dma),
