@@ -36,6 +36,8 @@ use passthrough::memory_map::{DeviceRanges, NamedRange};
 use passthrough::{plan, IovaRange, MemoryMap, MemoryMapError, MemoryMapRequest};
 use vm_memory::GuestAddress;
 
+pub use crate::arch::RamRegion;
+
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -161,22 +163,6 @@ pub enum LayoutError {
     NoRam,
 }
 
-/// A contiguous range of guest RAM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RamRegion {
-    /// First guest physical address.
-    pub start: GuestAddress,
-    /// Length in bytes.
-    pub size: u64,
-}
-
-impl RamRegion {
-    /// End (exclusive) of the region, saturating at `u64::MAX`.
-    pub fn end(&self) -> u64 {
-        self.start.0.saturating_add(self.size)
-    }
-}
-
 /// Places `mem_size` bytes of RAM from [`RAM_START`] (one region unless host ranges split it).
 ///
 /// `mem_size` must be a multiple of 4 KiB, at least [`MIN_MEM_SIZE`] and at most
@@ -226,14 +212,7 @@ pub fn plan_ram(
         });
     }
     let map = plan(&memory_map_request(mem_size, devices)).map_err(LayoutError::Plan)?;
-    let regions: Vec<RamRegion> = map
-        .regions
-        .iter()
-        .map(|r| RamRegion {
-            start: GuestAddress(r.gpa),
-            size: r.size,
-        })
-        .collect();
+    let regions = RamRegion::from_plan(&map);
     check_ram_regions(&regions)?;
     Ok((regions, map))
 }

@@ -24,6 +24,8 @@ use passthrough::memory_map::{DeviceRanges, NamedRange};
 use passthrough::{plan, IovaRange, MemoryMap, MemoryMapError, MemoryMapRequest};
 use vm_memory::GuestAddress;
 
+pub use crate::arch::RamRegion;
+
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -153,22 +155,6 @@ pub enum LayoutError {
     },
 }
 
-/// A contiguous range of guest RAM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RamRegion {
-    /// First guest physical address.
-    pub start: GuestAddress,
-    /// Length in bytes.
-    pub size: u64,
-}
-
-impl RamRegion {
-    /// End (exclusive) of the region, saturating at `u64::MAX`.
-    pub fn end(&self) -> u64 {
-        self.start.0.saturating_add(self.size)
-    }
-}
-
 /// Places `mem_size` bytes of RAM around the 32-bit MMIO hole: RAM from 0 up to
 /// [`MMIO32_START`], the rest from [`HIGH_RAM_START`].
 ///
@@ -222,14 +208,7 @@ pub fn plan_ram(
         });
     }
     let map = plan(&memory_map_request(mem_size, devices)).map_err(LayoutError::Plan)?;
-    let regions: Vec<RamRegion> = map
-        .regions
-        .iter()
-        .map(|r| RamRegion {
-            start: GuestAddress(r.gpa),
-            size: r.size,
-        })
-        .collect();
+    let regions = RamRegion::from_plan(&map);
     match regions.first() {
         Some(r) if r.start.0 == 0 && r.size >= MIN_MEM_SIZE => Ok((regions, map)),
         _ => Err(LayoutError::LowRamBlocked(
