@@ -15,6 +15,8 @@ RIG="$ROOT/resources/rig"
 ARCHES=${*:-${RIG_ARCHES:-x86_64 aarch64}}
 # L2 guests get 2 vCPUs; give L1 two as well so they do not share one emulated CPU.
 export RIG_SMP=${RIG_SMP:-2}
+# A passing scenario takes under a minute; a hung L2 should not cost 10 minutes per attempt.
+export RIG_TIMEOUT=${RIG_TIMEOUT:-300}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rig-tests.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
