@@ -173,6 +173,37 @@ fn run<H: QueueHandler>(
     }
 }
 
+/// Activates a device served by one worker thread on its queue 0 (virtio-blk, virtio-rng):
+/// refuses a second activation, takes queue 0 from `queues`, and spawns the worker with the
+/// handler `make` builds around the active queue.
+pub fn activate_single_queue<H: QueueHandler>(
+    worker: &mut Option<Worker>,
+    device: &'static str,
+    device_type: u32,
+    mem: vm_memory::GuestMemoryMmap,
+    mut queues: Vec<crate::virtio::device::DeviceQueue>,
+    interrupt: std::sync::Arc<dyn crate::virtio::device::VirtioInterrupt>,
+    make: impl FnOnce(crate::virtio::queue::ActiveQueue) -> H,
+) -> Result<(), crate::virtio::device::ActivateError> {
+    use crate::virtio::device::ActivateError;
+    if worker.is_some() {
+        return Err(ActivateError::AlreadyActive { device });
+    }
+    let Some(position) = queues.iter().position(|q| q.index == 0) else {
+        return Err(ActivateError::MissingQueue { device, index: 0 });
+    };
+    let q = queues.swap_remove(position);
+    let queue = crate::virtio::queue::ActiveQueue::new(
+        crate::virtio::type_name(device_type),
+        q.index,
+        q.queue,
+        mem,
+        interrupt,
+    );
+    *worker = Some(Worker::spawn(device, vec![q.event], make(queue))?);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;

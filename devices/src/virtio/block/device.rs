@@ -17,9 +17,8 @@ use super::config::DiskConfig;
 use super::disk::{BlockError, DiskFile, SECTOR_SIZE};
 use super::event_handler::BlockHandler;
 use crate::virtio::device::{ActivateError, DeviceQueue, VirtioDevice, VirtioInterrupt};
-use crate::virtio::queue::ActiveQueue;
-use crate::virtio::worker::Worker;
-use crate::virtio::{feature, type_name, TYPE_BLOCK, VIRTIO_F_RING_INDIRECT_DESC};
+use crate::virtio::worker::{activate_single_queue, Worker};
+use crate::virtio::{feature, TYPE_BLOCK, VIRTIO_F_RING_INDIRECT_DESC};
 
 /// Feature bit: `seg_max` is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
@@ -138,23 +137,19 @@ impl VirtioDevice for Block {
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
-        mut queues: Vec<DeviceQueue>,
+        queues: Vec<DeviceQueue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive { device: NAME });
-        }
-        let Some(position) = queues.iter().position(|q| q.index == 0) else {
-            return Err(ActivateError::MissingQueue {
-                device: NAME,
-                index: 0,
-            });
-        };
-        let q = queues.swap_remove(position);
-        let queue = ActiveQueue::new(type_name(TYPE_BLOCK), q.index, q.queue, mem, interrupt);
-        let handler = BlockHandler::new(queue, self.disk.clone());
-        self.worker = Some(Worker::spawn(NAME, vec![q.event], handler)?);
-        Ok(())
+        let disk = self.disk.clone();
+        activate_single_queue(
+            &mut self.worker,
+            NAME,
+            TYPE_BLOCK,
+            mem,
+            queues,
+            interrupt,
+            |queue| BlockHandler::new(queue, disk),
+        )
     }
 
     fn reset(&mut self) {

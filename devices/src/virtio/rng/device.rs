@@ -12,9 +12,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::event_handler::RngHandler;
 use crate::virtio::device::{ActivateError, DeviceQueue, VirtioDevice, VirtioInterrupt};
-use crate::virtio::queue::ActiveQueue;
-use crate::virtio::worker::Worker;
-use crate::virtio::{type_name, TYPE_RNG};
+use crate::virtio::worker::{activate_single_queue, Worker};
+use crate::virtio::TYPE_RNG;
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -102,23 +101,19 @@ impl VirtioDevice for Rng {
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
-        mut queues: Vec<DeviceQueue>,
+        queues: Vec<DeviceQueue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive { device: NAME });
-        }
-        let Some(position) = queues.iter().position(|q| q.index == 0) else {
-            return Err(ActivateError::MissingQueue {
-                device: NAME,
-                index: 0,
-            });
-        };
-        let q = queues.swap_remove(position);
-        let queue = ActiveQueue::new(type_name(TYPE_RNG), q.index, q.queue, mem, interrupt);
-        let handler = RngHandler::new(queue, self.source.clone());
-        self.worker = Some(Worker::spawn(NAME, vec![q.event], handler)?);
-        Ok(())
+        let source = self.source.clone();
+        activate_single_queue(
+            &mut self.worker,
+            NAME,
+            TYPE_RNG,
+            mem,
+            queues,
+            interrupt,
+            |queue| RngHandler::new(queue, source),
+        )
     }
 
     fn reset(&mut self) {
