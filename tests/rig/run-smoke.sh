@@ -12,7 +12,7 @@ BASE_LOG=${RIG_LOG_DIR:-${RIG_CACHE:-$HOME/.cache/iommufd-vmm-rig}/logs/smoke-$(
 pass=0 fail=0
 for arch in "${ARCHES[@]}"; do
     if RIG_LOG_DIR="$BASE_LOG/$arch" RIG_QUIET=${RIG_QUIET:-1} \
-        bash "$ROOT/resources/rig/run.sh" "$arch" "$HERE/smoke.sh"; then
+        bash "$ROOT/resources/rig/run.sh" "$arch" "$HERE/smoke.sh" "$HERE/l1-lib.sh"; then
         echo "rig smoke $arch: PASS"
         pass=$((pass + 1))
     else

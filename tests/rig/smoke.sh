@@ -1,15 +1,12 @@
 #!/bin/sh
 # Smoke scenario for the TCG rigs; runs inside L1 as /scenario.sh (busybox sh).
-#   bash resources/rig/run.sh x86_64 tests/rig/smoke.sh
-#   bash resources/rig/run.sh aarch64 tests/rig/smoke.sh
+#   bash resources/rig/run.sh x86_64 tests/rig/smoke.sh tests/rig/l1-lib.sh
+#   bash resources/rig/run.sh aarch64 tests/rig/smoke.sh tests/rig/l1-lib.sh
 # Checks /dev/iommu and /dev/kvm, binds edu (1234:11e8) and virtio-blk to vfio-pci
 # through driver_override, checks the VFIO cdevs, prints the IOMMU groups' reserved
 # regions (an "msi" window must be among them) and prints the PASS marker.
 
-fail() {
-    echo "RIG-RESULT: FAIL ($*)"
-    exit 1
-}
+. /rig/l1-lib.sh
 
 echo "smoke: $(uname -m) $(uname -r)"
 [ -c /dev/iommu ] || fail "/dev/iommu missing"
@@ -22,33 +19,6 @@ if [ "$(uname -m)" = aarch64 ]; then
     [ "$(cat "$p" 2>/dev/null)" = Y ] || fail "$p is not Y (CANWBS rig patch missing?)"
     echo "smoke: arm_smmu_v3.rig_force_canwbs=Y"
 fi
-
-# find_pci VENDOR DEVICE... : print the BDFs of the PCI functions with that ID.
-find_pci() {
-    ven=$1
-    shift
-    for d in /sys/bus/pci/devices/*; do
-        [ "$(cat "$d/vendor")" = "0x$ven" ] || continue
-        dev=$(cat "$d/device")
-        for want in "$@"; do
-            [ "$dev" = "0x$want" ] && basename "$d"
-        done
-    done
-}
-
-# bind_vfio BDF : move the function to vfio-pci.
-bind_vfio() {
-    d=/sys/bus/pci/devices/$1
-    echo vfio-pci >"$d/driver_override" || fail "driver_override $1"
-    if [ -e "$d/driver" ]; then
-        echo "$1" >"$d/driver/unbind" || fail "unbind $1"
-    fi
-    echo "$1" >/sys/bus/pci/drivers_probe
-    [ -e "$d/driver" ] || fail "$1 has no driver after probe"
-    drv=$(basename "$(readlink "$d/driver")")
-    [ "$drv" = vfio-pci ] || fail "$1 bound to $drv, not vfio-pci"
-    echo "smoke: $1 ($(cat "$d/vendor"):$(cat "$d/device")) bound to vfio-pci, iommu group $(basename "$(readlink "$d/iommu_group")")"
-}
 
 echo "smoke: PCI functions:"
 for d in /sys/bus/pci/devices/*; do
@@ -64,6 +34,8 @@ BLK=$(find_pci 1af4 1042 1001)
 [ -n "$BLK" ] || fail "virtio-blk device not found"
 for bdf in $EDU $BLK; do
     bind_vfio "$bdf"
+    d=/sys/bus/pci/devices/$bdf
+    echo "smoke: $bdf ($(cat "$d/vendor"):$(cat "$d/device")) bound to vfio-pci, iommu group $(basename "$(readlink "$d/iommu_group")")"
 done
 
 n=0
