@@ -334,29 +334,11 @@ fn finish(
 
 #[cfg(test)]
 mod tests {
-    use super::super::load_kernel;
     use super::super::test_util::*;
     use super::*;
     use crate::arch::x86_64::layout::{E820Kind, RamRegion};
-    use std::path::Path;
 
     const MIB: u64 = 1 << 20;
-
-    fn boot(
-        mem: &GuestMemoryMmap,
-        kernel: &Path,
-        initrd: Option<&Path>,
-        cmdline: &str,
-        ram: &[RamRegion],
-    ) -> Result<BootEntry, LoaderError> {
-        let cfg = BootConfig {
-            kernel,
-            initrd,
-            cmdline,
-            ram,
-        };
-        load_kernel(mem, &cfg)
-    }
 
     fn read_params(mem: &GuestMemoryMmap) -> boot_params {
         mem.read_obj(ZERO_PAGE_START).unwrap()

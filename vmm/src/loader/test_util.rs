@@ -8,6 +8,25 @@ use vmm_sys_util::tempfile::TempFile;
 use super::elf::ElfClass;
 use crate::arch::x86_64::layout::{ram_regions, RamRegion};
 
+/// Loads `kernel` (and `initrd`) into `mem` as the VMM does.
+pub fn boot(
+    mem: &GuestMemoryMmap,
+    kernel: &std::path::Path,
+    initrd: Option<&std::path::Path>,
+    cmdline: &str,
+    ram: &[RamRegion],
+) -> Result<super::BootEntry, super::LoaderError> {
+    super::load_kernel(
+        mem,
+        &super::BootConfig {
+            kernel,
+            initrd,
+            cmdline,
+            ram,
+        },
+    )
+}
+
 /// A temporary file holding `bytes`, removed on drop.
 pub fn temp_file_with(bytes: &[u8]) -> TempFile {
     let tmp = TempFile::new_with_prefix(std::env::temp_dir().join("vmm-loader-test"))

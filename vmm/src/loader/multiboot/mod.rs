@@ -363,32 +363,12 @@ fn load_segment(
 #[cfg(test)]
 mod tests {
     use super::super::elf::ElfClass;
-    use super::super::load_kernel;
     use super::super::test_util::*;
     use super::info::*;
     use super::*;
     use crate::arch::x86_64::layout::{RamRegion, MULTIBOOT_INFO_END};
-    use std::path::Path;
 
     const MIB: u64 = 1 << 20;
-
-    fn boot(
-        mem: &GuestMemoryMmap,
-        kernel: &Path,
-        initrd: Option<&Path>,
-        cmdline: &str,
-        ram: &[RamRegion],
-    ) -> Result<BootEntry, LoaderError> {
-        load_kernel(
-            mem,
-            &BootConfig {
-                kernel,
-                initrd,
-                cmdline,
-                ram,
-            },
-        )
-    }
 
     fn read_bytes(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0u8; len];
