@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Cross-builds the workspace's unit tests for aarch64 (Debian's rustc-web; rustup cannot add
-# targets here) and runs them under qemu-aarch64-static. Installs the cross toolchain when
-# missing (resources/rig/cross-aarch64.sh).
+# targets here) and runs them under qemu-user. Installs what it needs when missing: the cross
+# toolchain and qemu-user-static (resources/rig/cross-aarch64.sh) and device-tree-compiler
+# (the FDT test checks our blob with dtc).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/resources/rig/lib.sh"
+rig_need_host_pkgs device-tree-compiler
 ENV=$(bash "$ROOT/resources/rig/cross-aarch64.sh")
 eval "$ENV"
 cd "$ROOT"

@@ -16,7 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const GUEST_DIR: &str = "guest/x86_64";
-const SOURCES: &[&str] = &["entry.S", "guest.c", "layout.h", "link.ld"];
+const SOURCES: &[&str] = &[
+    "entry.S",
+    "guest.c",
+    "layout.h",
+    "link.ld",
+    "plain-multiboot.S",
+];
 
 const CFLAGS: &[&str] = &[
     "-m64",
@@ -185,6 +191,21 @@ fn main() {
     for image in [&elf64, &elf32] {
         check_multiboot_header(image);
     }
+
+    // The plain-linked multiboot kernel (legacy-area segment below 1 MiB).
+    let plain_o = out.join("plain-multiboot.o");
+    let plain = out.join("plain-multiboot.elf");
+    run(Command::new(&cc)
+        .args(["-m32", "-c"])
+        .arg(src.join("plain-multiboot.S"))
+        .arg("-o")
+        .arg(&plain_o));
+    run(Command::new(&ld)
+        .args(["-m", "elf_i386", "-Ttext", "0x100000", "-o"])
+        .arg(&plain)
+        .arg(&plain_o));
+    check_multiboot_header(&plain);
+    println!("cargo:rustc-env=PLAIN_MULTIBOOT_ELF={}", plain.display());
 
     println!("cargo:rustc-env=TINY_GUEST_ELF64={}", elf64.display());
     println!("cargo:rustc-env=TINY_GUEST_ELF32={}", elf32.display());

@@ -6,7 +6,7 @@
 
 use std::process::{Command, Output};
 
-use vmm_tests::{kvm_available, scratch, TINY_GUEST_ELF32, TINY_GUEST_ELF64};
+use vmm_tests::{kvm_available, scratch, PLAIN_MULTIBOOT_ELF, TINY_GUEST_ELF32, TINY_GUEST_ELF64};
 
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 
@@ -88,6 +88,20 @@ fn boots_tiny_guest_2_vcpus_64m_elf32() {
     require_kvm!();
     let out = boot(TINY_GUEST_ELF32, 2, "64M", "exit=9");
     check_guest(&out, 2, 64, 9);
+}
+
+/// A multiboot kernel linked the plain way has its ELF headers in a LOAD segment at 0xff000
+/// (binutils 2.40); QEMU boots it and so must we.
+#[test]
+fn boots_a_plain_linked_multiboot_kernel_with_a_segment_below_1m() {
+    require_kvm!();
+    let out = boot(PLAIN_MULTIBOOT_ELF, 1, "64M", "");
+    assert_eq!(
+        out.status.code(),
+        Some((21 << 1) | 1),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -8,6 +8,11 @@ pub const TINY_GUEST_ELF64: &str = env!("TINY_GUEST_ELF64");
 #[cfg(target_arch = "x86_64")]
 pub const TINY_GUEST_ELF32: &str = env!("TINY_GUEST_ELF32");
 
+/// A multiboot v1 ELF32 kernel linked with plain `ld -m elf_i386 -Ttext 0x100000`, whose
+/// first LOAD segment (the ELF headers) sits at 0xff000; it exits with code 21.
+#[cfg(target_arch = "x86_64")]
+pub const PLAIN_MULTIBOOT_ELF: &str = env!("PLAIN_MULTIBOOT_ELF");
+
 /// A minimal multiboot v1 ELF32 image: one PT_LOAD segment at 1 MiB holding the multiboot
 /// header followed by `code`, entered at the first byte of `code`.
 pub fn multiboot_elf32(code: &[u8]) -> Vec<u8> {

@@ -19,6 +19,7 @@
 # Environment:
 #   RIG_TIMEOUT   hard timeout of the QEMU run in seconds (600)
 #   RIG_MEM       guest memory (2G)           RIG_SMP  vCPUs (aarch64 2, x86_64 1)
+#   RIG_TCG_THREAD  multi (default: one host thread per vCPU) or single (round-robin)
 #   RIG_LOG_DIR   where serial.log, qemu.cmdline, result are kept
 #                 (default $RIG_CACHE/logs/ARCH-YYYYmmdd-HHMMSS-PID)
 #   RIG_APPEND    extra kernel parameters (e.g. rig.shell)
@@ -71,7 +72,7 @@ case "$ARCH" in
         SMP=${RIG_SMP:-2}
         QEMU=(qemu-system-aarch64
               -machine virt,virtualization=on,gic-version=3,iommu=smmuv3
-              -cpu max -smp "$SMP" -m "$MEM" -accel tcg,thread=multi
+              -cpu max -smp "$SMP" -m "$MEM" -accel "tcg,thread=${RIG_TCG_THREAD:-multi}"
               -kernel "$KERNEL" -initrd "$INITRD"
               -append "console=ttyAMA0 earlycon arm_smmu_v3.rig_force_canwbs=1 $APPEND")
         VIRTIO_OPTS=disable-legacy=on,iommu_platform=on
@@ -79,7 +80,7 @@ case "$ARCH" in
     x86_64)
         SMP=${RIG_SMP:-1}
         QEMU=(qemu-system-x86_64
-              -machine q35 -accel tcg,thread=multi -vga none
+              -machine q35 -accel "tcg,thread=${RIG_TCG_THREAD:-multi}" -vga none
               -cpu max -smp "$SMP" -m "$MEM"
               -device intel-iommu,intremap=on
               -kernel "$KERNEL" -initrd "$INITRD"

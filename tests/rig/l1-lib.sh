@@ -35,3 +35,51 @@ bind_vfio() {
 msi_window() {
     cat /sys/kernel/iommu_groups/*/reserved_regions 2>/dev/null | awk '$3 == "msi" {print $1, $2; exit}'
 }
+
+# l2_vmm : which VMM boots L2: "vmm" (ours, the default) or "qemu" (Debian's QEMU with KVM,
+# bundled at /opt/qemu by resources/rig/l1-qemu.sh), from rig.l2vmm= on L1's command line
+# (tests/rig.sh sets it from RIG_L2_VMM). QEMU is the differential oracle: the same L2
+# kernel, initramfs and L1 settings under another VMM.
+l2_vmm() {
+    v=$(sed -n 's/.*rig\.l2vmm=\([a-z]*\).*/\1/p' /proc/cmdline)
+    echo "${v:-vmm}"
+}
+
+# run_l2 CMDLINE VCPUS MEM_MB [BDF[=ID]...] : boots /rig/l2-kernel with /rig/l2-initramfs.cpio.gz
+# under l2_vmm, passing the PCI functions BDF (bound to vfio-pci) through. The console
+# streams to L1's console prefixed "L2| " and is kept in /tmp/l2.log; the VMM's exit status
+# goes to /tmp/l2.status.
+run_l2() {
+    cmdline=$1 vcpus=$2 mem=$3
+    shift 3
+    case "$(l2_vmm)" in
+        vmm)
+            set -- $(for d in "$@"; do
+                bdf=${d%%=*}
+                id=${d#*=}
+                if [ "$id" != "$d" ]; then echo "--device path=/sys/bus/pci/devices/$bdf,id=$id"
+                else echo "--device path=/sys/bus/pci/devices/$bdf"; fi
+            done)
+            ( /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
+                --cmdline "$cmdline" --vcpus "$vcpus" --memory "${mem}M" --log-level info "$@" 2>&1
+              echo $? > /tmp/l2.status ) | tee /tmp/l2.log | sed 's/^/L2| /'
+            ;;
+        qemu)
+            [ -x /opt/qemu/bin/qemu ] || fail "rig.l2vmm=qemu but no /opt/qemu/bin/qemu in L1"
+            set -- $(for d in "$@"; do
+                echo "-device vfio-pci,host=${d%%=*},iommufd=ifd0"
+            done)
+            [ $# -gt 0 ] && set -- -object iommufd,id=ifd0 "$@"
+            case "$(uname -m)" in
+                x86_64) machine="-machine q35,accel=kvm -cpu host" ;;
+                aarch64) machine="-machine virt,gic-version=3,accel=kvm -cpu host" ;;
+            esac
+            # shellcheck disable=SC2086
+            ( /opt/qemu/bin/qemu $machine -smp "$vcpus" -m "${mem}M" -nodefaults -no-user-config \
+                -display none -monitor none -serial stdio -no-reboot \
+                -kernel /rig/l2-kernel -initrd /rig/l2-initramfs.cpio.gz -append "$cmdline" "$@" 2>&1
+              echo $? > /tmp/l2.status ) | tee /tmp/l2.log | sed 's/^/L2| /'
+            ;;
+        *) fail "unknown rig.l2vmm=$(l2_vmm)" ;;
+    esac
+}

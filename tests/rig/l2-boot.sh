@@ -1,6 +1,8 @@
 #!/bin/sh
-# Runs as /scenario.sh inside L1: our VMM boots the L2 Linux guest with 2 vCPUs and 512M;
-# checks every value the guest reports against what the VMM was asked for.
+# Runs as /scenario.sh inside L1: the L2 VMM (ours, or QEMU with rig.l2vmm=qemu, see
+# l1-lib.sh) boots the L2 Linux guest with 2 vCPUs and 512M; checks every value the guest
+# reports against what the VMM was asked for.
+. /rig/l1-lib.sh
 set -u
 VCPUS=2
 MEM_MB=512
@@ -11,19 +13,15 @@ case "$ARCH" in
 esac
 MARK="rig-l2-$$"
 CMDLINE="$CONSOLE $MARK"
-fail() { echo "RIG-RESULT: FAIL $*"; exit 1; }
 
 [ -c /dev/kvm ] || fail "no /dev/kvm in L1"
-echo "L1: starting L2 ($VCPUS vCPUs, ${MEM_MB}M) at $(cut -d' ' -f1 /proc/uptime)s"
+echo "L1: starting L2 under $(l2_vmm) ($VCPUS vCPUs, ${MEM_MB}M) at $(cut -d' ' -f1 /proc/uptime)s"
 START=$(cut -d' ' -f1 /proc/uptime)
-# The L2 console streams to L1's console as it comes (prefixed), and is kept for the checks.
-( /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
-    --cmdline "$CMDLINE" --vcpus $VCPUS --memory ${MEM_MB}M 2>&1; echo $? > /tmp/l2.status ) \
-    | tee /tmp/l2.log | sed 's/^/L2| /'
+run_l2 "$CMDLINE" $VCPUS $MEM_MB
 STATUS=$(cat /tmp/l2.status)
 END=$(cut -d' ' -f1 /proc/uptime)
-echo "L1: vmm exited with status $STATUS after $(awk "BEGIN{print $END-$START}")s"
-[ "$STATUS" = 0 ] || fail "vmm exited with status $STATUS"
+echo "L1: $(l2_vmm) exited with status $STATUS after $(awk "BEGIN{print $END-$START}")s"
+[ "$STATUS" = 0 ] || fail "$(l2_vmm) exited with status $STATUS"
 grep -q "Kernel panic" /tmp/l2.log && fail "L2 kernel panicked"
 
 get() { sed -n "s/^L2-REPORT $1=//p" /tmp/l2.log | tr -d '\r' | head -1; }
@@ -38,5 +36,5 @@ case "$(get cmdline)" in
     *"$MARK"*) ;;
     *) fail "L2 cmdline '$(get cmdline)' lacks $MARK" ;;
 esac
-echo "l2-boot: arch=$ARCH nproc=$VCPUS memtotal_kb=$MEMKB"
+echo "l2-boot: vmm=$(l2_vmm) arch=$ARCH nproc=$VCPUS memtotal_kb=$MEMKB"
 echo "RIG-RESULT: PASS"

@@ -24,14 +24,11 @@ case "$ARCH" in
     aarch64) CONSOLE="console=ttyS0 earlycon panic=-1" ;;
 esac
 START=$(cut -d' ' -f1 /proc/uptime)
-( /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
-    --cmdline "$CONSOLE l2.new_sig=$NEW_SIG" --vcpus 2 --memory 512M \
-    --device path=/sys/bus/pci/devices/$BLK,id=disk --device path=/sys/bus/pci/devices/$NET,id=nic \
-    --log-level info 2>&1; echo $? > /tmp/l2.status ) | tee /tmp/l2.log | sed 's/^/L2| /'
+run_l2 "$CONSOLE l2.new_sig=$NEW_SIG" 2 512 "$BLK=disk" "$NET=nic"
 STATUS=$(cat /tmp/l2.status)
 END=$(cut -d' ' -f1 /proc/uptime)
-echo "passthrough: vmm exited with status $STATUS after $(awk "BEGIN{print $END-$START}")s"
-[ "$STATUS" = 0 ] || fail "vmm exited with status $STATUS"
+echo "passthrough: $(l2_vmm) exited with status $STATUS after $(awk "BEGIN{print $END-$START}")s"
+[ "$STATUS" = 0 ] || fail "$(l2_vmm) exited with status $STATUS"
 get() { sed -n "s/^L2-REPORT $1=//p" /tmp/l2.log | tr -d '\r' | head -1; }
 grep -q "^L2-REPORT done" /tmp/l2.log || fail "L2 init never reported"
 [ "$(get disk_sig)" = "$OLD_SIG" ] || fail "L2 read '$(get disk_sig)' from the passed-through disk, not '$OLD_SIG'"

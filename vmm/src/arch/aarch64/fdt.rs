@@ -611,21 +611,29 @@ mod tests {
         let blob = create_fdt(&cfg).unwrap();
         let path = std::env::temp_dir().join(format!("vmm-fdt-test-{}.dtb", std::process::id()));
         std::fs::write(&path, &blob).unwrap();
-        let out = std::process::Command::new("dtc")
+        // Resolved here rather than by spawn: under qemu-user a missing program does not come
+        // back as a spawn error but as a child that fails with nothing on stderr.
+        let dtc = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|d| d.join("dtc"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!("dtc not found in PATH: install the Debian package device-tree-compiler (tests/aarch64-unit.sh does)")
+            });
+        let out = std::process::Command::new(&dtc)
             .args(["-I", "dtb", "-O", "dts", "-o", "-"])
             .arg(&path)
             .output();
         let _ = std::fs::remove_file(&path);
-        let out = match out {
-            Ok(o) => o,
-            Err(e) => {
-                println!("skipping: cannot run dtc ({e}); install device-tree-compiler");
-                return;
-            }
-        };
+        let out = out.unwrap_or_else(|e| panic!("cannot run {}: {e}", dtc.display()));
         let stderr = String::from_utf8_lossy(&out.stderr);
         let dts = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "dtc failed: {stderr}");
+        assert!(
+            out.status.success(),
+            "dtc failed ({}): {stderr}",
+            out.status
+        );
         assert!(stderr.trim().is_empty(), "dtc warnings:\n{stderr}\n{dts}");
         assert!(dts.contains("compatible = \"arm,gic-v3-its\";"), "{dts}");
         assert!(dts.contains("stdout-path = \"/serial@1000000\";"), "{dts}");

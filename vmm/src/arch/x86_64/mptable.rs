@@ -117,6 +117,12 @@ pub fn build(cpus: u32) -> Result<Vec<u8>, MptableError> {
     Ok(fp)
 }
 
+/// The most bytes the tables take at [`MPTABLE_START`] (for [`MAX_CPUS`] vCPUs): the area
+/// the VMM owns there.
+pub fn max_len() -> usize {
+    build(MAX_CPUS).map_or(MPTABLE_MAX, |b| b.len())
+}
+
 /// Writes the MP tables for `cpus` vCPUs into guest memory.
 pub fn setup_mptable(mem: &GuestMemoryMmap, cpus: u32) -> Result<(), MptableError> {
     let bytes = build(cpus)?;

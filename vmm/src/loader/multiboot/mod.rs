@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap};
 
 mod info;
 
@@ -18,9 +18,10 @@ use super::{
     align_up, check_cmdline, in_ram, write_guest, BootConfig, BootEntry, Initrd, LoaderError,
 };
 use crate::arch::x86_64::layout::{
-    e820_entries, E820Entry, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, MULTIBOOT_INFO_START,
-    PAGE_SIZE,
+    e820_entries, E820Entry, BOOT_GDT_START, BOOT_IDT_START, CMDLINE_MAX_SIZE, CMDLINE_START,
+    HIMEM_START, MULTIBOOT_INFO_END, MULTIBOOT_INFO_START, PAGE_SIZE,
 };
+use crate::arch::x86_64::mptable;
 
 /// Magic value that starts a multiboot v1 header.
 pub const HEADER_MAGIC: u32 = 0x1BAD_B002;
@@ -78,14 +79,32 @@ pub enum MultibootError {
     NoAddressInfo,
     /// A segment outside usable RAM.
     #[error(
-        "a kernel segment needs guest RAM at {addr:#x}..{end:#x}, which is not usable RAM \
-         between 1 MiB and 4 GiB; give the VM more memory or link the kernel at 1 MiB or above"
+        "a kernel segment needs guest RAM at {addr:#x}..{end:#x}, which is neither usable RAM \
+         between 1 MiB and 4 GiB nor guest memory below 1 MiB; give the VM more memory or link \
+         the kernel at 1 MiB or above"
     )]
     SegmentOutsideRam {
         /// Load address.
         addr: u64,
         /// End (exclusive).
         end: u64,
+    },
+    /// A segment below 1 MiB would overwrite what the VMM itself places there.
+    #[error(
+        "a kernel segment at {addr:#x}..{end:#x} overlaps the {what} the VMM places at \
+         {area_start:#x}..{area_end:#x}; link the kernel at 1 MiB or above"
+    )]
+    SegmentOverlapsBootData {
+        /// Load address.
+        addr: u64,
+        /// End (exclusive).
+        end: u64,
+        /// What the VMM keeps there.
+        what: &'static str,
+        /// Start of the VMM's area.
+        area_start: u64,
+        /// End of the VMM's area (exclusive).
+        area_end: u64,
     },
     /// The entry point is not reachable in 32-bit mode.
     #[error("the kernel entry point {0:#x} is above 4 GiB; a multiboot entry must be 32-bit")]
@@ -309,8 +328,74 @@ fn load_kludge(
     Ok((u64::from(k.entry_addr), load_addr + memsz))
 }
 
+/// What the VMM writes below 1 MiB for a multiboot guest, as (what, start, end): a segment
+/// there must leave these alone.
+fn vmm_low_areas() -> [(&'static str, u64, u64); 4] {
+    [
+        ("boot GDT and IDT", BOOT_GDT_START.0, BOOT_IDT_START.0 + 8),
+        (
+            "multiboot information",
+            MULTIBOOT_INFO_START.0,
+            MULTIBOOT_INFO_END.0,
+        ),
+        (
+            "command line",
+            CMDLINE_START.0,
+            CMDLINE_START.0 + CMDLINE_MAX_SIZE,
+        ),
+        (
+            "MP table",
+            mptable::MPTABLE_START.0,
+            mptable::MPTABLE_START.0 + mptable::max_len() as u64,
+        ),
+    ]
+}
+
+/// Checks where a segment may go: the part at or above 1 MiB must be usable RAM below 4 GiB;
+/// the part below 1 MiB (the legacy area, where linkers put an ELF's headers in a read-only
+/// segment just below a kernel linked at 1 MiB) must be backed by guest memory and clear of
+/// the VMM's own boot data. QEMU loads such segments too.
+fn check_segment_place(
+    mem: &GuestMemoryMmap,
+    e820: &[E820Entry],
+    paddr: u64,
+    memsz: u64,
+) -> Result<(), MultibootError> {
+    let end = paddr.saturating_add(memsz);
+    let outside = MultibootError::SegmentOutsideRam { addr: paddr, end };
+    if end > FOUR_GIB {
+        return Err(outside);
+    }
+    let low_end = end.min(HIMEM_START.0);
+    if paddr < low_end {
+        if !mem.check_range(
+            GuestAddress(paddr),
+            (low_end - paddr) as usize,
+            vm_memory::Permissions::Write,
+        ) {
+            return Err(outside);
+        }
+        for (what, a, b) in vmm_low_areas() {
+            if paddr < b && a < low_end {
+                return Err(MultibootError::SegmentOverlapsBootData {
+                    addr: paddr,
+                    end,
+                    what,
+                    area_start: a,
+                    area_end: b,
+                });
+            }
+        }
+    }
+    let high_start = paddr.max(HIMEM_START.0);
+    if high_start < end && !in_ram(e820, high_start, end - high_start) {
+        return Err(outside);
+    }
+    Ok(())
+}
+
 /// Copies `filesz` bytes from `offset` in the file to `paddr` and zeroes up to `memsz`, after
-/// checking that the whole range is RAM between 1 MiB and 4 GiB.
+/// checking where the range may go ([`check_segment_place`]).
 #[allow(clippy::too_many_arguments)]
 fn load_segment(
     mem: &GuestMemoryMmap,
@@ -323,19 +408,14 @@ fn load_segment(
     memsz: u64,
 ) -> Result<(), LoaderError> {
     let end = paddr.saturating_add(memsz);
-    if paddr < HIMEM_START.0 || end > FOUR_GIB || !in_ram(e820, paddr, memsz) {
-        return Err(mb_err(
-            cfg,
-            MultibootError::SegmentOutsideRam { addr: paddr, end },
-        ));
-    }
+    check_segment_place(mem, e820, paddr, memsz).map_err(|e| mb_err(cfg, e))?;
     let read_err = |source| LoaderError::ReadKernel {
         path: cfg.kernel.to_path_buf(),
         source,
     };
     let mut reader = file;
     reader.seek(SeekFrom::Start(offset)).map_err(read_err)?;
-    // in_ram() bounded memsz (and filesz <= memsz) by a sub-4 GiB range.
+    // check_segment_place() bounded memsz (and filesz <= memsz) by a sub-4 GiB range.
     mem.read_exact_volatile_from(GuestAddress(paddr), &mut reader, filesz as usize)
         .map_err(|e| match e {
             GuestMemoryError::IOError(source) => read_err(source),
@@ -625,7 +705,6 @@ mod tests {
         let cases = [
             (0x10_0000, 0x400_0000u64, 0x100u64, "0x4000000..0x4000100"),
             (0x10_0000, 0x3FF_F000, 0x2000, "0x3fff000..0x4001000"),
-            (0x9_0000, 0x9_0000, 0x100, "0x90000..0x90100"),
         ];
         for (entry, paddr, memsz, want) in cases {
             let img = ElfBuilder::new(ElfClass::Elf32, entry)
@@ -653,6 +732,101 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// `ld -m elf_i386 -Ttext 0x100000` puts the ELF and program headers in a read-only LOAD
+    /// segment at 0xff000; QEMU loads it, and so do we, wherever guest memory backs the legacy
+    /// area and the VMM's own boot data is not in the way.
+    #[test]
+    fn segments_in_the_legacy_area_load_where_memory_backs_them() {
+        let (mem, ram) = guest_mem(64 * MIB);
+        let headers = segment_data(0x40);
+        let mut code = vec![0x90; 0x200];
+        code[..headers.len()].copy_from_slice(&headers);
+        let img = ElfBuilder::new(ElfClass::Elf32, 0x10_0000)
+            .segment(0xf_f000, 0xf_f000, vec![0x7f, b'E', b'L', b'F'], 0x100)
+            .segment(0x10_0000, 0x10_0000, code, 0x200)
+            .build();
+        let kernel = temp_file_with(&img);
+        let entry = boot(&mem, kernel.as_path(), None, "", &ram).unwrap();
+        assert!(matches!(
+            entry,
+            BootEntry::Multiboot {
+                entry: GuestAddress(0x10_0000),
+                ..
+            }
+        ));
+        let mut got = [0u8; 4];
+        mem.read_slice(&mut got, GuestAddress(0xf_f000)).unwrap();
+        assert_eq!(&got, b"\x7fELF");
+        let mut bss = [1u8; 0xfc];
+        mem.read_slice(&mut bss, GuestAddress(0xf_f004)).unwrap();
+        assert!(bss.iter().all(|&b| b == 0));
+
+        // A segment straddling 1 MiB is checked on both sides and loads as one.
+        let img = ElfBuilder::new(ElfClass::Elf32, 0x10_0000)
+            .segment(0xf_ff00, 0xf_ff00, segment_data(0x40), 0x400)
+            .build();
+        let kernel = temp_file_with(&img);
+        boot(&mem, kernel.as_path(), None, "", &ram).unwrap();
+    }
+
+    #[test]
+    fn legacy_area_segments_must_not_overwrite_the_vmms_boot_data() {
+        let (mem, ram) = guest_mem(64 * MIB);
+        let cases = [
+            (0x400u64, 0x200u64, "boot GDT and IDT"),
+            (0x4000, 0x2000, "multiboot information"),
+            (0x2_8000, 0x100, "command line"),
+            (0xf_0100, 0x100, "MP table"),
+        ];
+        for (paddr, memsz, what) in cases {
+            let img = ElfBuilder::new(ElfClass::Elf32, 0x10_0000)
+                .segment(paddr, paddr, segment_data(0x40), memsz)
+                .segment(0x10_0000, 0x10_0000, vec![0x90; 0x40], 0x40)
+                .build();
+            let kernel = temp_file_with(&img);
+            let err = boot(&mem, kernel.as_path(), None, "", &ram).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    LoaderError::Multiboot {
+                        source: MultibootError::SegmentOverlapsBootData { what: w, .. },
+                        ..
+                    } if w == what
+                ),
+                "{paddr:#x}: {err}"
+            );
+            assert!(
+                err.to_string().contains(&format!("overlaps the {what}")),
+                "{err}"
+            );
+        }
+        // Between the VMM's areas (0x90000, in the legacy area) is fine.
+        let img = ElfBuilder::new(ElfClass::Elf32, 0x10_0000)
+            .segment(0x9_0000, 0x9_0000, segment_data(0x40), 0x100)
+            .segment(0x10_0000, 0x10_0000, vec![0x90; 0x40], 0x40)
+            .build();
+        let kernel = temp_file_with(&img);
+        boot(&mem, kernel.as_path(), None, "", &ram).unwrap();
+    }
+
+    /// Below 1 MiB with no guest memory there: still refused, naming the range.
+    #[test]
+    fn legacy_area_segments_without_backing_memory_are_errors() {
+        let (mem, ram) = guest_mem(64 * MIB);
+        // Guest memory that starts at 1 MiB: nothing backs the legacy area.
+        let high: Vec<(GuestAddress, usize)> = vec![(GuestAddress(0x10_0000), 63 * MIB as usize)];
+        let himem = GuestMemoryMmap::from_ranges(&high).unwrap();
+        drop(mem);
+        let img = ElfBuilder::new(ElfClass::Elf32, 0x10_0000)
+            .segment(0xf_f000, 0xf_f000, segment_data(0x40), 0x100)
+            .build();
+        let kernel = temp_file_with(&img);
+        let msg = boot(&himem, kernel.as_path(), None, "", &ram)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("needs guest RAM at 0xff000..0xff100"), "{msg}");
     }
 
     #[test]
