@@ -97,6 +97,10 @@ QEMU+=(-no-reboot -nic none
 # shellcheck disable=SC2206
 [ -n "${RIG_QEMU_ARGS:-}" ] && QEMU+=(${RIG_QEMU_ARGS})
 
+# QEMU's own log of guest errors and CPU resets: an L1 that resets itself (a triple fault in
+# L1, which -no-reboot turns into a plain exit 0) is told apart from an L2 failure by it.
+QEMU+=(-d guest_errors,cpu_reset -D "$LOG_DIR/qemu.debug")
+
 SERIAL="$LOG_DIR/serial.log"
 printf '%q ' "${QEMU[@]}" >"$LOG_DIR/qemu.cmdline"
 echo >>"$LOG_DIR/qemu.cmdline"
@@ -147,6 +151,9 @@ elif grep -q "^$RIG_FAIL_MARKER" "$SERIAL"; then
     RESULT=FAIL RC=1 WHY="$(grep -m1 "^$RIG_FAIL_MARKER" "$SERIAL")"
 elif ! grep -qE "^$RIG_PASS_MARKER( .*)?\$" "$SERIAL"; then
     RESULT=FAIL RC=1 WHY="no '$RIG_PASS_MARKER' line (qemu exit status $QRC)"
+    if grep -qi 'triple fault' "$LOG_DIR/qemu.debug" 2>/dev/null; then
+        WHY="$WHY; L1 itself triple-faulted (see qemu.debug)"
+    fi
 fi
 
 {
