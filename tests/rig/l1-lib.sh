@@ -45,6 +45,25 @@ l2_vmm() {
     echo "${v:-vmm}"
 }
 
+# l2_watch : every 20 s while L2 runs, one line on L1's console per thread of the L2 VMM
+# (state, CPU ticks, kernel wait channel, the L1 CPU it last ran on) and L1's local timer
+# interrupt counts per CPU. When L2 stalls this tells an L1 that stopped (no lines), an L1
+# CPU whose timer stopped (LOC frozen), a VMM thread stuck in userspace (state R/S with
+# a futex wchan) and a vCPU halted in KVM apart.
+l2_watch() {
+    while sleep 20; do
+        pid=$(pidof vmm qemu-system-x86_64 qemu-system-aarch64 ld-linux-x86-64.so.2 2>/dev/null | cut -d' ' -f1)
+        [ -n "$pid" ] || continue
+        echo "L1-WATCH uptime=$(cut -d' ' -f1 /proc/uptime) LOC=$(awk '/LOC:|arch_timer/ {printf "%s ", $0}' /proc/interrupts | tr -s ' ' | cut -c1-80)"
+        for t in /proc/$pid/task/*; do
+            # comm may hold spaces: take the fields after the closing parenthesis.
+            st=$(sed 's/.*) //' "$t/stat" 2>/dev/null)
+            set -- $st
+            echo "L1-WATCH   $(cat "$t/comm" 2>/dev/null) state=$1 utime=${12} stime=${13} cpu=${37} wchan=$(cat "$t/wchan" 2>/dev/null)"
+        done
+    done
+}
+
 # run_l2 CMDLINE VCPUS MEM_MB [BDF[=ID]...] : boots /rig/l2-kernel with /rig/l2-initramfs.cpio.gz
 # under l2_vmm, passing the PCI functions BDF (bound to vfio-pci) through. The console
 # streams to L1's console prefixed "L2| " and is kept in /tmp/l2.log; the VMM's exit status
@@ -52,6 +71,8 @@ l2_vmm() {
 run_l2() {
     cmdline=$1 vcpus=$2 mem=$3
     shift 3
+    l2_watch &
+    watch_pid=$!
     case "$(l2_vmm)" in
         vmm)
             set -- $(for d in "$@"; do
@@ -80,6 +101,8 @@ run_l2() {
                 -kernel /rig/l2-kernel -initrd /rig/l2-initramfs.cpio.gz -append "$cmdline" "$@" 2>&1
               echo $? > /tmp/l2.status ) | tee /tmp/l2.log | sed 's/^/L2| /'
             ;;
-        *) fail "unknown rig.l2vmm=$(l2_vmm)" ;;
+        *) kill $watch_pid; fail "unknown rig.l2vmm=$(l2_vmm)" ;;
     esac
+    kill $watch_pid 2>/dev/null
+    wait $watch_pid 2>/dev/null
 }
