@@ -16,7 +16,7 @@ SCENARIO=${2:?usage: $0 ARCH SCENARIO N}
 N=${3:?usage: $0 ARCH SCENARIO N}
 DIR="$RIG_CACHE/logs/soak-$ARCH-$SCENARIO-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$DIR"
-echo "soak: $ARCH $SCENARIO x$N (RIG_SMP=${RIG_SMP:-default} RIG_TCG_THREAD=${RIG_TCG_THREAD:-multi} RIG_L2_VMM=${RIG_L2_VMM:-vmm} RIG_APPEND='${RIG_APPEND:-}'), logs in $DIR" | tee "$DIR/summary.txt"
+echo "soak: $ARCH $SCENARIO x$N (RIG_SMP=${RIG_SMP:-default} RIG_TCG_THREAD=${RIG_TCG_THREAD:-arch default} RIG_L2_VMM=${RIG_L2_VMM:-vmm} RIG_APPEND='${RIG_APPEND:-}'), logs in $DIR" | tee "$DIR/summary.txt"
 pass=0 fail=0
 START=$(date +%s)
 for i in $(seq 1 "$N"); do

@@ -20,6 +20,9 @@
 #   RIG_TIMEOUT   hard timeout of the QEMU run in seconds (600)
 #   RIG_MEM       guest memory (2G)           RIG_SMP  vCPUs (aarch64 2, x86_64 1)
 #   RIG_TCG_THREAD  multi (default: one host thread per vCPU) or single (round-robin)
+#   x86_64 runs L1 with one vCPU by default: with two, QEMU's TCG emulating nested SVM loses
+#   about one L2 boot in four (L1 triple faults, L2 triple faults, L2 vCPUs never woken),
+#   for our VMM and for QEMU's alike: see docs/rig-reliability.md
 #   RIG_LOG_DIR   where serial.log, qemu.cmdline, result are kept
 #                 (default $RIG_CACHE/logs/ARCH-YYYYmmdd-HHMMSS-PID)
 #   RIG_APPEND    extra kernel parameters (e.g. rig.shell)

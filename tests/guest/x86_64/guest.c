@@ -308,19 +308,57 @@ static void lapic_ipi(uintptr_t base, u32 icr_lo)
         ;
 }
 
-/* Each AP lands here on its own stack (entry.S), checks in, and parks. */
+/* The race (cmdline race=N): every CPU takes N tickets from one shared counter with lock
+ * xadd and counts the tickets that do not follow its previous one, i.e. that another CPU
+ * took in between. CPUs that truly run at the same time interleave on a large share of
+ * tickets; CPUs time-sliced on one host core only at the few switches between slices. */
+volatile u32 race_iters;  /* set by the BSP before SIPI */
+volatile u32 race_go;     /* the BSP's start signal, once every AP is in */
+volatile u32 race_ticket;
+volatile u32 race_interleaved;
+volatile u32 race_done;
+
+static u32 race_run(u32 iters)
+{
+    u32 seen = 0, last = 0;
+    for (u32 i = 0; i < iters; i++) {
+        u32 t = 1;
+        __asm__ volatile("lock xaddl %0, %1" : "+r"(t), "+m"(race_ticket) : : "memory");
+        if (i > 0 && t != last + 1)
+            seen++;
+        last = t;
+    }
+    return seen;
+}
+
+/* Each AP lands here on its own stack (entry.S), checks in, runs the race if asked, and
+ * parks. */
 __attribute__((noreturn)) void ap_main(void)
 {
     u32 one = 1;
     __asm__ volatile("lock xaddl %0, %1" : "+r"(one), "+m"(ap_online) : : "memory");
+    u32 iters = race_iters;
+    if (iters) {
+        while (!race_go)
+            ;
+        u32 seen = race_run(iters);
+        __asm__ volatile("lock xaddl %0, %1" : "+r"(seen), "+m"(race_interleaved) : : "memory");
+        one = 1;
+        __asm__ volatile("lock xaddl %0, %1" : "+r"(one), "+m"(race_done) : : "memory");
+    }
     halt_forever();
 }
 
 /* Returns the number of CPUs online, including the BSP. */
-static u32 start_aps(u32 expected_cpus)
+static u32 start_aps(u32 expected_cpus, u32 race)
 {
     ap_next_slot = 0;
     ap_online = 0;
+    race_iters = race;
+    race_go = 0;
+    race_ticket = 0;
+    race_interleaved = 0;
+    race_done = 0;
 
     /* The only low-memory write: the trampoline page. */
     volatile u8 *dst = (volatile u8 *)TRAMP_ADDR;
@@ -951,8 +989,20 @@ __attribute__((noreturn)) void guest_main(u32 magic, u32 info_addr)
         kprintf("tiny-guest: fw_cfg absent\n");
     }
 
-    u32 online = start_aps(cpus);
+    u32 race = parse_u32_param(boot.cmdline, "race", 0);
+    u32 online = start_aps(cpus, race);
     kprintf("tiny-guest: cpus online=%u\n", (u64)online);
+    if (race && online > 1) {
+        race_go = 1;
+        u32 seen = race_run(race);
+        __asm__ volatile("lock xaddl %0, %1" : "+r"(seen), "+m"(race_interleaved) : : "memory");
+        u64 start = rdtsc();
+        while (race_done < online - 1 && rdtsc() - start < TSC_AP_TIMEOUT * 6)
+            ;
+        kprintf("tiny-guest: race cpus=%u iters=%u finished=%u tickets=%u interleaved=%u\n",
+                (u64)online, (u64)race, (u64)(race_done + 1), (u64)race_ticket,
+                (u64)race_interleaved);
+    }
     if (online != cpus) {
         kprintf("tiny-guest: ERROR cpus online=%u but fw_cfg cpus=%u\n", (u64)online, (u64)cpus);
         code = EXIT_CPU_MISMATCH;
