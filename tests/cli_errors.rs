@@ -263,6 +263,43 @@ fn sigterm_and_sigint_stop_the_vm() {
     assert_eq!(stop_with(libc::SIGINT), Some(128 + libc::SIGINT));
 }
 
+/// SIGUSR1 makes every vCPU log its state, halted ones too, and the VM runs on until a
+/// real stop signal.
+#[test]
+fn sigusr1_logs_every_vcpu_state_and_the_vm_runs_on() {
+    require_kvm!();
+    let p = write_temp("hang-dump.elf", &multiboot_elf32(CODE_HANG));
+    let child = Command::new(VMM)
+        .args(["--kernel", p.to_str().unwrap(), "--memory", "16M"])
+        .args(["--vcpus", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&p);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    // The boot vCPU sits in HLT (mp_state 3) after the guest's cli; hlt; the AP was never
+    // started (mp_state 1, uninitialized).
+    let line = |id: u32| {
+        stderr
+            .lines()
+            .find(|l| l.contains(&format!("vCPU {id} state: ")))
+            .unwrap_or_else(|| panic!("no state line for vCPU {id}:\n{stderr}"))
+            .to_string()
+    };
+    let (v0, v1) = (line(0), line(1));
+    assert!(v0.contains("rip=0x") && v0.contains("mp_state=3"), "{v0}");
+    assert!(v0.contains("lvtt=") && v0.contains("tsc="), "{v0}");
+    assert!(v1.contains("mp_state=1"), "{v1}");
+}
+
 #[test]
 fn bad_disks() {
     require_kvm!();

@@ -49,8 +49,11 @@ l2_vmm() {
 # (state, CPU ticks, kernel wait channel, the L1 CPU it last ran on) and L1's local timer
 # interrupt counts per CPU. When L2 stalls this tells an L1 that stopped (no lines), an L1
 # CPU whose timer stopped (LOC frozen), a VMM thread stuck in userspace (state R/S with
-# a futex wchan) and a vCPU halted in KVM apart.
+# a futex wchan) and a vCPU halted in KVM apart. It also prints KVM's per-vCPU TSC offsets and,
+# when L2's console has been silent for a whole period, sends our VMM SIGUSR1 so every vCPU
+# logs its registers, LAPIC timer and TSC deadline.
 l2_watch() {
+    last_size=-1
     while sleep 20; do
         pid=$(pidof vmm qemu-system-x86_64 qemu-system-aarch64 ld-linux-x86-64.so.2 2>/dev/null | cut -d' ' -f1)
         [ -n "$pid" ] || continue
@@ -61,6 +64,17 @@ l2_watch() {
             set -- $st
             echo "L1-WATCH   $(cat "$t/comm" 2>/dev/null) state=$1 utime=${12} stime=${13} cpu=${37} wchan=$(cat "$t/wchan" 2>/dev/null)"
         done
+        # KVM's per-vCPU TSC offsets (debugfs): equal offsets mean synchronized guest TSCs.
+        for f in /sys/kernel/debug/kvm/$pid-*/vcpu*/tsc-offset; do
+            [ -f "$f" ] && echo "L1-WATCH   $(basename "$(dirname "$f")") tsc-offset=$(cat "$f")"
+        done
+        # L2's console silent for a whole period: ask our VMM for every vCPU's state.
+        size=$(wc -c </tmp/l2.log 2>/dev/null)
+        if [ "$size" = "$last_size" ] && [ "$(cat /proc/$pid/comm 2>/dev/null)" = vmm ]; then
+            echo "L1-WATCH L2 silent for 20 s: SIGUSR1 to the VMM (vCPU state lines follow as L2| ...)"
+            kill -USR1 "$pid"
+        fi
+        last_size=$size
     done
 }
 

@@ -9,7 +9,7 @@
 //! the way drops it all (fds closed, memory unmapped).
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devices::{ExitEvent, SerialOutput};
@@ -25,7 +25,7 @@ use crate::pci::create_pci_segment;
 use crate::signals::{SignalsError, StopSignals};
 use crate::vfio::PassthroughPlan;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
-use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuError, VcpuHandle};
+use crate::vstate::vcpu::{install_kick_handler, kick, Vcpu, VcpuError, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Everything that can stop a VM from starting.
@@ -145,16 +145,29 @@ fn process_age_ms() -> Option<f64> {
     (hz > 0.0).then(|| (uptime - start_ticks / hz) * 1e3)
 }
 
-/// Watches the exit event and SIGINT/SIGTERM on the main thread.
+/// Watches the exit event and SIGINT/SIGTERM/SIGUSR1 on the main thread.
 struct StopWatcher {
     exit: Arc<ExitEvent>,
     signals: StopSignals,
+    /// Bumped on SIGUSR1; the vCPUs compare it with the last value they logged.
+    dump: Arc<AtomicU64>,
+    /// The running vCPU threads, kicked so halted ones log too. Valid while the event loop
+    /// runs: run_vm joins them only after it returns.
+    vcpu_threads: Vec<libc::pthread_t>,
 }
 
 impl MutEventSubscriber for StopWatcher {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         if events.fd() == self.signals.as_raw_fd() {
             while let Some(sig) = self.signals.read() {
+                if sig == libc::SIGUSR1 {
+                    log::warn!("SIGUSR1: every vCPU logs its state");
+                    self.dump.fetch_add(1, Ordering::AcqRel);
+                    for &t in &self.vcpu_threads {
+                        kick(t);
+                    }
+                    continue;
+                }
                 log::warn!("received signal {sig}; stopping the VM");
                 self.exit.request(128 + sig);
             }
@@ -241,6 +254,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
     let stop = Arc::new(AtomicBool::new(false));
+    let dump = Arc::new(AtomicU64::new(0));
     let vcpus: Vec<Vcpu> = fds
         .into_iter()
         .enumerate()
@@ -252,6 +266,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
                 mmio.clone(),
                 exit.clone(),
                 stop.clone(),
+                dump.clone(),
             )
         })
         .collect();
@@ -272,9 +287,10 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
             }
         }
     }
-    let result = started
-        .map_err(BuilderError::from)
-        .and_then(|_| event_loop(exit.clone(), signals));
+    let result = started.map_err(BuilderError::from).and_then(|_| {
+        let threads = handles.iter().map(VcpuHandle::pthread).collect();
+        event_loop(exit.clone(), signals, dump, threads)
+    });
 
     // Stop and join every vCPU before devices, memory and the VM are dropped.
     stop.store(true, Ordering::Release);
@@ -287,12 +303,19 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     result
 }
 
-fn event_loop(exit: Arc<ExitEvent>, signals: StopSignals) -> Result<i32, BuilderError> {
+fn event_loop(
+    exit: Arc<ExitEvent>,
+    signals: StopSignals,
+    dump: Arc<AtomicU64>,
+    vcpu_threads: Vec<libc::pthread_t>,
+) -> Result<i32, BuilderError> {
     let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
         .map_err(|e| BuilderError::EventLoop(e.to_string()))?;
     em.add_subscriber(Arc::new(Mutex::new(StopWatcher {
         exit: exit.clone(),
         signals,
+        dump,
+        vcpu_threads,
     })));
     loop {
         if let Some(status) = exit.status() {

@@ -20,7 +20,10 @@ images (the initrd becomes multiboot module 0).
 Exit status: 0 when the guest powers off or resets (i8042 reset); (code << 1) | 1 when the guest
 writes a 32-bit code to the exit port 0xf4 (the test-kernel convention); 128+N when stopped by
 signal N (SIGINT, SIGTERM); 2 when the VMM could not start or the guest crashed (the reason is
-printed on stderr).";
+printed on stderr).
+
+Debugging a stalled guest: `kill -USR1 <pid>` makes every vCPU log one line of state on stderr
+(registers, halted or not, LAPIC timer and TSC deadline on x86_64) and the VM runs on.";
 
 /// A small VMM whose heart is device passthrough on iommufd.
 #[derive(Debug, Parser)]

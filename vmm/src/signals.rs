@@ -1,5 +1,7 @@
-//! SIGINT and SIGTERM as a file descriptor, so the event loop sees them like any other event
-//! and the VM stops through the same path as a guest-requested exit.
+//! SIGINT, SIGTERM and SIGUSR1 as a file descriptor, so the event loop sees them like any
+//! other event: the first two stop the VM through the same path as a guest-requested exit,
+//! SIGUSR1 asks every vCPU to log its state (a stalled guest's registers, LAPIC timer and
+//! TSC deadline, without stopping it).
 
 use std::fs::File;
 use std::io::Read;
@@ -13,14 +15,14 @@ pub enum SignalsError {
     Setup(std::io::Error),
 }
 
-/// A signalfd for SIGINT and SIGTERM. Create it before any other thread starts: the signals
+/// A signalfd for SIGINT, SIGTERM and SIGUSR1. Create it before any other thread starts: the signals
 /// are blocked in this thread's mask, which new threads inherit, so only the fd sees them.
 pub struct StopSignals {
     file: File,
 }
 
 impl StopSignals {
-    /// Blocks SIGINT/SIGTERM and opens the signalfd.
+    /// Blocks SIGINT/SIGTERM/SIGUSR1 and opens the signalfd.
     pub fn new() -> Result<Self, SignalsError> {
         // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it in place.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -30,6 +32,7 @@ impl StopSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
             if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
                 return Err(SignalsError::Setup(std::io::Error::last_os_error()));
             }

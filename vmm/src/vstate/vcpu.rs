@@ -4,12 +4,17 @@
 //! the thread is kicked out of KVM_RUN by [`KICK_SIGNAL`]; the kick is repeated until the
 //! thread is gone, so a kick that lands just before KVM_RUN is not lost.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devices::{Bus, ExitEvent};
+
+#[cfg(target_arch = "aarch64")]
+use crate::arch::aarch64::vcpu_state;
+#[cfg(target_arch = "x86_64")]
+use crate::arch::x86_64::vcpu_state;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 /// Status the VMM exits with when the guest crashed or a vCPU failed.
@@ -52,6 +57,8 @@ pub struct Vcpu {
     mmio: Arc<Bus>,
     exit: Arc<ExitEvent>,
     stop: Arc<AtomicBool>,
+    /// Bumped by the event loop on SIGUSR1: each vCPU logs its state once per new value.
+    dump: Arc<AtomicU64>,
 }
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
@@ -76,6 +83,7 @@ impl Vcpu {
         mmio: Arc<Bus>,
         exit: Arc<ExitEvent>,
         stop: Arc<AtomicBool>,
+        dump: Arc<AtomicU64>,
     ) -> Self {
         Vcpu {
             id,
@@ -84,6 +92,7 @@ impl Vcpu {
             mmio,
             exit,
             stop,
+            dump,
         }
     }
 
@@ -111,7 +120,13 @@ impl Vcpu {
     }
 
     fn run_loop(mut self) {
+        let mut dumped = self.dump.load(Ordering::Acquire);
         while !self.stop.load(Ordering::Acquire) {
+            let wanted = self.dump.load(Ordering::Acquire);
+            if wanted != dumped {
+                dumped = wanted;
+                log::warn!("vCPU {} state: {}", self.id, vcpu_state::describe(&self.fd));
+            }
             match self.fd.run() {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) => {
@@ -183,6 +198,15 @@ impl Vcpu {
     }
 }
 
+/// Kicks a running vCPU thread out of KVM_RUN once (it re-enters unless told to stop).
+///
+/// `pthread` must belong to a vCPU thread that has not been joined yet.
+pub fn kick(pthread: libc::pthread_t) {
+    // SAFETY: the caller guarantees the thread has not been joined, so the pthread_t is
+    // valid; the signal has a handler installed by install_kick_handler.
+    unsafe { libc::pthread_kill(pthread, kick_signal()) };
+}
+
 /// Ends the VM with the failure status, saying why on stderr.
 fn fail(id: u32, exit: &ExitEvent, msg: std::fmt::Arguments) {
     log::error!("vCPU {id}: {msg}");
@@ -195,6 +219,12 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
+    /// The thread's pthread id, for [`kick`] while the thread runs.
+    pub fn pthread(&self) -> libc::pthread_t {
+        use std::os::unix::thread::JoinHandleExt;
+        self.thread.as_pthread_t()
+    }
+
     /// Kicks the thread out of KVM_RUN until it has ended, then joins it. The caller has
     /// already set the stop flag or requested exit.
     pub fn stop(self) {

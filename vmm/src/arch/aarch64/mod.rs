@@ -26,6 +26,7 @@ pub mod layout;
 pub mod loader;
 pub mod mmio;
 pub mod vcpu;
+pub mod vcpu_state;
 
 use std::path::Path;
 

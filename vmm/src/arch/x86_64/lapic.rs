@@ -8,7 +8,8 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
-fn get_reg(state: &kvm_lapic_state, reg: usize) -> u32 {
+/// Reads the 32-bit LAPIC register at byte offset `reg`.
+pub fn get_reg(state: &kvm_lapic_state, reg: usize) -> u32 {
     let b = &state.regs[reg..reg + 4];
     u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
 }

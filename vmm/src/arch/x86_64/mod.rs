@@ -5,6 +5,7 @@ pub mod layout;
 pub mod mptable;
 pub mod msrs;
 pub mod regs;
+pub mod vcpu_state;
 
 use kvm_bindings::CpuId;
 
