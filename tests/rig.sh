@@ -8,6 +8,8 @@
 #                 pass on the second attempt is still reported as FLAKY)
 #   RIG_L2_VMM=qemu  boot L2 with Debian's QEMU (KVM in L1) instead of our VMM, in the
 #                 scenarios that support it (l2-boot, passthrough): the differential oracle
+#   RIG_SCENARIOS=compare  ours and QEMU side by side (issue 13's table; not in the default set,
+#                 40 minutes at the default 5 rounds: RIG_APPEND="rig.compare_runs=K")
 #
 # Exit status: non-zero if any scenario failed; the serial logs are kept under
 # $RIG_CACHE/logs and their path is printed.
@@ -19,6 +21,7 @@ ARCHES=${*:-${RIG_ARCHES:-x86_64 aarch64}}
 # L1 vCPUs: run.sh's per-arch default (aarch64 2, x86_64 1; docs/rig-reliability.md says
 # why x86_64 L1 gets one) unless RIG_SMP is set.
 # A passing scenario takes under a minute; a hung L2 should not cost 10 minutes per attempt.
+[ -z "${RIG_TIMEOUT:-}" ] || RIG_TIMEOUT_SET=1
 export RIG_TIMEOUT=${RIG_TIMEOUT:-300}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rig-tests.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -51,11 +54,19 @@ for arch in $ARCHES; do
     kernel=$(bash "$RIG/build-kernel.sh" "$arch")
     l2_initrd="$WORK/l2-$arch.cpio.gz"
     bash "$RIG/build-initramfs.sh" "$arch" "$l2_initrd" --scenario "$ROOT/tests/rig/l2-guest.sh" >/dev/null
-    EXTRA=()
-    if [ "${RIG_L2_VMM:-vmm}" = qemu ]; then
-        EXTRA=("$(bash "$RIG/l1-qemu.sh" "$arch")=/opt/qemu")
-    fi
+    qemu_bundle=
     for scenario in ${RIG_SCENARIOS:-iommufd l2-boot virtio passthrough}; do
+        # QEMU in L1: for the differential runs and for the compare scenario, which runs both.
+        EXTRA=()
+        if [ "${RIG_L2_VMM:-vmm}" = qemu ] || [ "$scenario" = compare ]; then
+            [ -n "$qemu_bundle" ] || qemu_bundle=$(bash "$RIG/l1-qemu.sh" "$arch")
+            EXTRA=("$qemu_bundle=/opt/qemu")
+        fi
+        # compare boots L2 4*K times (K=rig.compare_runs, default 5): give it the time.
+        scenario_timeout=$RIG_TIMEOUT
+        if [ "$scenario" = compare ] && [ -z "${RIG_TIMEOUT_SET:-}" ]; then
+            scenario_timeout=2400
+        fi
         # A failed scenario is run once more: QEMU-TCG emulating nested virtualization is not
         # fully deterministic (an x86 L2 once triple-faulted in early boot with the same inputs
         # that pass otherwise). Both attempts' logs are kept and a pass on retry is reported
@@ -63,7 +74,7 @@ for arch in $ARCHES; do
         result=FAIL
         for attempt in 1 2; do
             rig_log "== $arch: scenario $scenario (attempt $attempt)"
-            if bash "$RIG/run.sh" "$arch" "$ROOT/tests/rig/$scenario.sh" \
+            if RIG_TIMEOUT=$scenario_timeout bash "$RIG/run.sh" "$arch" "$ROOT/tests/rig/$scenario.sh" \
                 "$bins/vmm=/rig/vmm" "$bins/iommufd-conformance=/rig/iommufd-conformance" \
                 "$ROOT/tests/rig/l1-lib.sh=/rig/l1-lib.sh" \
                 "$kernel=/rig/l2-kernel" "$l2_initrd=/rig/l2-initramfs.cpio.gz" "${EXTRA[@]}"; then

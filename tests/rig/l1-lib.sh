@@ -107,7 +107,9 @@ run_l2() {
             [ $# -gt 0 ] && set -- -object iommufd,id=ifd0 "$@"
             case "$(uname -m)" in
                 x86_64) machine="-machine q35,accel=kvm -cpu host" ;;
-                aarch64) machine="-machine virt,gic-version=3,accel=kvm -cpu host" ;;
+                aarch64) machine="-machine virt,gic-version=3,accel=kvm -cpu host"
+                    # QEMU's virt has a PL011, ours a 16550: the same scenario line names ttyS0.
+                    cmdline=$(echo "$cmdline" | sed 's/console=ttyS0/console=ttyAMA0/g') ;;
             esac
             # shellcheck disable=SC2086
             ( /opt/qemu/bin/qemu $machine -smp "$vcpus" -m "${mem}M" -nodefaults -no-user-config \
