@@ -10,12 +10,22 @@ use vmm_tests::{kvm_available, scratch, PLAIN_MULTIBOOT_ELF, TINY_GUEST_ELF32, T
 
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 
+/// The race test measures whether two vCPU threads run at the same time; the other tests of
+/// this binary run beside it on the test harness's threads and would take its CPUs. They share
+/// this lock; the race test holds it alone.
+static HOST_CPUS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 macro_rules! require_kvm {
     () => {
+        require_kvm!(read)
+    };
+    ($mode:ident) => {
         if !kvm_available() {
             eprintln!("SKIPPED: /dev/kvm cannot be opened read-write on this host");
             return;
         }
+        // A panicking test poisons the lock; the others still run.
+        let _host_cpus = HOST_CPUS.$mode().unwrap_or_else(|e| e.into_inner());
     };
 }
 
@@ -109,7 +119,7 @@ fn race_result(out: &Output) -> (u64, u64) {
 /// interleaves only at slice switches. Both runs must show exactly 2 x N tickets.
 #[test]
 fn two_vcpus_run_in_parallel_and_lock_xadd_stays_atomic() {
-    require_kvm!();
+    require_kvm!(write);
     const ITERS: u64 = 20_000;
     let cmdline = format!("race={ITERS}");
     let parallel = boot(TINY_GUEST_ELF64, 2, "64M", &cmdline);
