@@ -84,7 +84,9 @@ mod tests {
 
     #[test]
     fn a_framing_error_closes_after_the_fault() {
-        let mut input = b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\nGET /api/v1/vmm.ping HTTP/1.1\r\n\r\n".to_vec();
+        let mut input =
+            b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\nGET /api/v1/vmm.ping HTTP/1.1\r\n\r\n"
+                .to_vec();
         let mut out = Vec::new();
         assert!(serve_buffer(&mut input, &mut out, &mut Echo));
         let text = String::from_utf8(out).unwrap();

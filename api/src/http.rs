@@ -128,7 +128,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(HttpRequest, usize)>, HttpErr
             }
         } else if h.name.eq_ignore_ascii_case("expect") {
             // A client waiting for 100 Continue would stall; we never send it.
-            return Err(HttpError::new(417, "Expect is not supported: send the body at once"));
+            return Err(HttpError::new(
+                417,
+                "Expect is not supported: send the body at once",
+            ));
         }
     }
     let body_len = content_length.unwrap_or(0);
@@ -217,7 +220,8 @@ mod tests {
         assert_eq!(r.path, "/api/v1/vmm.ping");
         assert_eq!(r.content_length, None);
         assert!(r.keep_alive);
-        let r = complete(b"PUT /a HTTP/1.1\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{\"\"}");
+        let r =
+            complete(b"PUT /a HTTP/1.1\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{\"\"}");
         assert_eq!(r.body, b"{\"\"}");
         assert_eq!(r.content_length, Some(4));
         assert!(!r.keep_alive);
@@ -243,8 +247,14 @@ mod tests {
     fn limits_and_framing_errors() {
         let status = |b: &[u8]| parse_request(b).unwrap_err().status;
         assert_eq!(status(b"GET\x01 / HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(status(b"PUT /a HTTP/1.1\r\nContent-Length: 70000\r\n\r\n"), 413);
-        assert_eq!(status(b"PUT /a HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400);
+        assert_eq!(
+            status(b"PUT /a HTTP/1.1\r\nContent-Length: 70000\r\n\r\n"),
+            413
+        );
+        assert_eq!(
+            status(b"PUT /a HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            400
+        );
         assert_eq!(
             status(b"PUT /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             400

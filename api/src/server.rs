@@ -42,10 +42,14 @@ pub enum ApiServerError {
         source: std::io::Error,
     },
     /// Another live process holds the lock.
-    #[error("--api-socket {0}: another VMM is serving this socket{1}; stop it or choose another path")]
+    #[error(
+        "--api-socket {0}: another VMM is serving this socket{1}; stop it or choose another path"
+    )]
     InUse(PathBuf, String),
     /// Something that is not a socket is in the way.
-    #[error("--api-socket {0}: the path exists and is not a socket; remove it or choose another path")]
+    #[error(
+        "--api-socket {0}: the path exists and is not a socket; remove it or choose another path"
+    )]
     NotASocket(PathBuf),
     /// The stale socket could not be removed, or the new one bound.
     #[error("--api-socket {0}: {1}")]

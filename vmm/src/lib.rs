@@ -10,6 +10,7 @@ pub mod arch;
 pub mod builder;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod device_hotplug;
 pub mod interrupts;
 #[cfg(target_arch = "x86_64")]

@@ -149,8 +149,7 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     what: &str,
     body: &[u8],
 ) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("bad {what} body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad {what} body: {e}")))
 }
 
 /// Checks a device id: 1 to 64 characters of letters, digits, `-`, `_` and `.`.
@@ -179,7 +178,9 @@ mod tests {
             "PUT" => Method::Put,
             o => Method::Other(o.into()),
         };
-        route(&m, path, cl, body).map(|_| 200).unwrap_or_else(|e| e.status)
+        route(&m, path, cl, body)
+            .map(|_| 200)
+            .unwrap_or_else(|e| e.status)
     }
 
     #[test]
