@@ -70,7 +70,9 @@ impl RequestHandler for FakeVmm {
                 id: d.id.unwrap_or_else(|| "dev0".into()),
                 bdf: "01:00.0".into(),
             }),
-            ApiRequest::Pause if self.0.is_multiple_of(2) => Err(ApiError::conflict("already paused")),
+            ApiRequest::Pause if self.0.is_multiple_of(2) => {
+                Err(ApiError::conflict("already paused"))
+            }
             _ => Ok(ApiReply::NoContent),
         }
     }
