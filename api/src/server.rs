@@ -17,6 +17,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -27,6 +28,9 @@ use crate::response::ApiError;
 pub const MAX_CONNECTIONS: usize = 16;
 /// A connection whose unsent answers pass this stops being read until the client reads.
 const MAX_PENDING_OUTPUT: usize = 256 * 1024;
+/// A connection that sends and receives nothing for this long is closed, so idle clients
+/// cannot hold every connection slot.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Errors setting up the API socket.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,7 @@ pub enum ApiServerError {
 pub struct ApiServer {
     listener: UnixListener,
     path: PathBuf,
+    idle_timeout: Duration,
     _lock: File,
 }
 
@@ -121,8 +126,15 @@ impl ApiServer {
         Ok(ApiServer {
             listener,
             path: path.to_path_buf(),
+            idle_timeout: IDLE_TIMEOUT,
             _lock: file,
         })
+    }
+
+    /// Closes connections idle for `timeout` instead of [`IDLE_TIMEOUT`].
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
     }
 
     /// The socket's path.
@@ -174,8 +186,18 @@ impl ApiServer {
                     revents: 0,
                 });
             }
+            // Wake when the oldest idle connection is due to be closed.
+            let timeout_ms = conns
+                .iter()
+                .map(|c| {
+                    (c.last_active + self.idle_timeout).saturating_duration_since(Instant::now())
+                })
+                .min()
+                .map_or(-1, |d| {
+                    d.as_millis().saturating_add(1).min(i32::MAX as u128) as i32
+                });
             // SAFETY: `fds` is a valid array of fds.len() pollfd structs for the call.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -192,7 +214,8 @@ impl ApiServer {
                     c.service(p.revents, handler);
                 }
             }
-            conns.retain(|c| !c.dead);
+            let now = Instant::now();
+            conns.retain(|c| !c.dead && now.duration_since(c.last_active) < self.idle_timeout);
             if fds[1].revents != 0 {
                 self.accept_all(&mut conns);
             }
@@ -222,6 +245,7 @@ impl ApiServer {
                         output: Vec::new(),
                         closing: false,
                         dead: false,
+                        last_active: Instant::now(),
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -251,6 +275,8 @@ struct Connection {
     /// No more requests are read; close once `output` is sent.
     closing: bool,
     dead: bool,
+    /// When bytes last moved either way.
+    last_active: Instant,
 }
 
 impl Connection {
@@ -277,6 +303,7 @@ impl Connection {
                     return;
                 }
                 Ok(n) => {
+                    self.last_active = Instant::now();
                     self.input.extend_from_slice(&buf[..n]);
                     if serve_buffer(&mut self.input, &mut self.output, handler) {
                         self.closing = true;
@@ -304,6 +331,7 @@ impl Connection {
                     return;
                 }
                 Ok(n) => {
+                    self.last_active = Instant::now();
                     self.output.drain(..n);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -334,5 +362,63 @@ impl ApiThread {
         if self.thread.join().is_err() {
             log::error!("the API thread panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::ApiClient;
+    use crate::request::ApiRequest;
+    use crate::response::{ApiReply, ApiResult};
+
+    struct Pong;
+    impl RequestHandler for Pong {
+        fn handle(&mut self, _: ApiRequest) -> ApiResult {
+            Ok(ApiReply::NoContent)
+        }
+    }
+
+    fn socket(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("api-server-{}-{name}.sock", std::process::id()))
+    }
+
+    #[test]
+    fn idle_connections_are_closed_and_busy_ones_kept() {
+        let path = socket("idle");
+        let server = ApiServer::bind(&path)
+            .unwrap()
+            .with_idle_timeout(Duration::from_millis(200));
+        let thread = server.spawn(Pong).unwrap();
+        let mut idle = ApiClient::connect(&path).unwrap();
+        let mut busy = ApiClient::connect(&path).unwrap();
+        for _ in 0..8 {
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(busy.call("GET", "/vmm.ping", None).unwrap().status, 204);
+        }
+        // 400 ms without a byte: the server has closed the idle one.
+        assert!(idle.call("GET", "/vmm.ping", None).is_err());
+        thread.stop();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn the_lock_keeps_a_second_server_off_a_live_socket() {
+        let path = socket("lock");
+        let first = ApiServer::bind(&path).unwrap();
+        let e = ApiServer::bind(&path).err().unwrap();
+        assert!(matches!(e, ApiServerError::InUse(..)), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        drop(first);
+        // Released: the next one binds (the socket file was removed, the lock file stays).
+        assert!(lock_path(&path).exists());
+        let again = ApiServer::bind(&path).unwrap();
+        assert!(path.exists());
+        drop(again);
+        let _ = std::fs::remove_file(lock_path(&path));
     }
 }
