@@ -11,4 +11,4 @@ ENV=$(bash "$ROOT/resources/rig/cross-aarch64.sh")
 eval "$ENV"
 cd "$ROOT"
 CARGO_TARGET_DIR="$ROOT/target/aarch64" /usr/bin/cargo test --target aarch64-unknown-linux-gnu \
-    -p vmm -p devices -p passthrough --lib
+    -p vmm -p devices -p passthrough -p api --lib

@@ -63,6 +63,8 @@ fn help_explains_usage() {
         "--vcpus",
         "--serial",
         "--log-level",
+        "--api-socket",
+        "vmm-remote",
         "Exit status",
     ] {
         assert!(text.contains(s), "--help lacks {s}:\n{text}");

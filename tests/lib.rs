@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests: the in-tree test guests and small hand-built
-//! kernel images for negative tests.
+//! kernel images for negative tests, and the API description's reader ([`openapi`]).
+
+pub mod openapi;
 
 /// The tiny x86_64 test guest as a multiboot ELF64 image (built by this crate's build.rs).
 #[cfg(target_arch = "x86_64")]

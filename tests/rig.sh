@@ -26,12 +26,12 @@ export RIG_TIMEOUT=${RIG_TIMEOUT:-300}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rig-tests.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-build_bins() { # ARCH -> directory holding static vmm and iommufd-conformance binaries
+build_bins() { # ARCH -> directory holding static vmm, vmm-remote and iommufd-conformance binaries
     local arch=$1
     case "$arch" in
         x86_64)
             (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-                cargo build --release -p vmm --bin vmm -p passthrough --bin iommufd-conformance \
+                cargo build --release -p vmm --bin vmm --bin vmm-remote -p passthrough --bin iommufd-conformance \
                 --target x86_64-unknown-linux-gnu >&2)
             echo "$ROOT/target/x86_64-unknown-linux-gnu/release" ;;
         aarch64)
@@ -75,7 +75,8 @@ for arch in $ARCHES; do
         for attempt in 1 2; do
             rig_log "== $arch: scenario $scenario (attempt $attempt)"
             if RIG_TIMEOUT=$scenario_timeout bash "$RIG/run.sh" "$arch" "$ROOT/tests/rig/$scenario.sh" \
-                "$bins/vmm=/rig/vmm" "$bins/iommufd-conformance=/rig/iommufd-conformance" \
+                "$bins/vmm=/rig/vmm" "$bins/vmm-remote=/rig/vmm-remote" \
+                "$bins/iommufd-conformance=/rig/iommufd-conformance" \
                 "$ROOT/tests/rig/l1-lib.sh=/rig/l1-lib.sh" \
                 "$kernel=/rig/l2-kernel" "$l2_initrd=/rig/l2-initramfs.cpio.gz" "${EXTRA[@]}"; then
                 result=PASS

@@ -4,7 +4,8 @@
 //! Order: KVM VM (so host limits are known) → validate config → RAM placement (the
 //! passthrough planner) and backing → arch steps before vCPUs (x86 irqchip) → memory slots →
 //! vCPU fds → arch steps after vCPUs (aarch64 GIC/ITS) → platform devices → interrupt
-//! manager → PCI segment → kernel load and boot state → vCPU threads → event loop. The
+//! manager → PCI segment → kernel load and boot state → vCPU threads → API thread → event
+//! loop (the API socket is taken first of all, so a busy one fails before any work). The
 //! per-arch steps live in [`crate::machine`]. Every step owns what it created; an error on
 //! the way drops it all (fds closed, memory unmapped).
 
@@ -18,13 +19,16 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, HUGE_PAGE_2M, KIB};
+use crate::control::{ApiEvents, VmControl};
+use crate::device_hotplug::NoHotplug;
 use crate::interrupts::kvm::KvmRouting;
 use crate::interrupts::InterruptManager;
 use crate::machine;
-use crate::pci::create_pci_segment;
+use crate::pci::{create_pci_segment, FIRST_PASSTHROUGH_SLOT};
 use crate::signals::{SignalsError, StopSignals};
 use crate::vfio::PassthroughPlan;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
+use crate::vstate::pause::PauseGate;
 use crate::vstate::vcpu::{install_kick_handler, kick, Vcpu, VcpuError, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -70,6 +74,9 @@ pub enum BuilderError {
     /// Signal setup.
     #[error(transparent)]
     Signals(#[from] SignalsError),
+    /// The API socket or thread.
+    #[error(transparent)]
+    Api(#[from] api::ApiServerError),
     /// Device setup.
     #[error("cannot set up devices: {0}")]
     Device(String),
@@ -201,6 +208,11 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     // Before any thread exists, so every thread inherits the blocked mask.
     let signals = StopSignals::new()?;
     install_kick_handler()?;
+    let api_server = config
+        .api_socket
+        .as_deref()
+        .map(api::ApiServer::bind)
+        .transpose()?;
 
     let vm = Vm::new()?;
     config.validate(&host_limits(&vm, config.hugepages))?;
@@ -209,7 +221,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     // plan keeps RAM off every reserved/MSI range.
     let passthrough = PassthroughPlan::prepare(&config.devices)?;
     let host_ranges = passthrough.as_ref().map(|p| p.ranges()).unwrap_or_default();
-    let (ram, _) = machine::plan_ram(config.memory, host_ranges)?;
+    let (ram, memory_map) = machine::plan_ram(config.memory, host_ranges)?;
     let ranges: Vec<(GuestAddress, usize)> = ram.iter().map(|&(a, s)| (a, s as usize)).collect();
     let mem = create_guest_memory(&ranges, config.backend, config.hugepages)?;
     machine::before_vcpus(&vm)?;
@@ -237,6 +249,10 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         machine::FIRST_MSI_GSI,
         machine::MAX_GSI,
     ));
+    let cold_plugged = passthrough
+        .as_ref()
+        .map(|p| p.device_infos(FIRST_PASSTHROUGH_SLOT))
+        .unwrap_or_default();
     let (windows, ecam) = machine::pci_windows();
     let pci = create_pci_segment(
         vm.shared_fd(),
@@ -255,6 +271,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     let mmio = Arc::new(mmio);
     let stop = Arc::new(AtomicBool::new(false));
     let dump = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(PauseGate::new());
     let vcpus: Vec<Vcpu> = fds
         .into_iter()
         .enumerate()
@@ -268,6 +285,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
                 stop.clone(),
                 dump.clone(),
             )
+            .with_pause_gate(gate.clone())
         })
         .collect();
     machine::boot(&vm, &mem, &ram, config, &vcpus)?;
@@ -287,14 +305,37 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
             }
         }
     }
+    let mut api_thread = None;
     let result = started.map_err(BuilderError::from).and_then(|_| {
-        let threads = handles.iter().map(VcpuHandle::pthread).collect();
-        event_loop(exit.clone(), signals, dump, threads)
+        let threads: Vec<libc::pthread_t> = handles.iter().map(VcpuHandle::pthread).collect();
+        let api_events = match api_server {
+            Some(server) => {
+                let (link, inbox) = api::api_channel()
+                    .map_err(|e| BuilderError::Api(api::ApiServerError::Thread(e)))?;
+                let control = VmControl::new(
+                    Box::new(NoHotplug { cold_plugged }),
+                    gate.clone(),
+                    threads.clone(),
+                    exit.clone(),
+                    config,
+                    &memory_map,
+                );
+                api_thread = Some(server.spawn(link)?);
+                Some(ApiEvents::new(inbox, control))
+            }
+            None => None,
+        };
+        event_loop(exit.clone(), signals, dump, threads, api_events)
     });
 
-    // Stop and join every vCPU before devices, memory and the VM are dropped.
+    // The API thread first (it answers the request in hand, then removes the socket), then
+    // every vCPU, before devices, memory and the VM are dropped. A paused VM is let go.
+    if let Some(t) = api_thread {
+        t.stop();
+    }
     stop.store(true, Ordering::Release);
     exit.request(0); // no-op if a status was already requested
+    gate.release();
     for h in handles {
         h.stop();
     }
@@ -308,6 +349,7 @@ fn event_loop(
     signals: StopSignals,
     dump: Arc<AtomicU64>,
     vcpu_threads: Vec<libc::pthread_t>,
+    api: Option<ApiEvents>,
 ) -> Result<i32, BuilderError> {
     let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
         .map_err(|e| BuilderError::EventLoop(e.to_string()))?;
@@ -317,6 +359,9 @@ fn event_loop(
         dump,
         vcpu_threads,
     })));
+    if let Some(api) = api {
+        em.add_subscriber(Arc::new(Mutex::new(api)));
+    }
     loop {
         if let Some(status) = exit.status() {
             return Ok(status);

@@ -22,6 +22,11 @@ writes a 32-bit code to the exit port 0xf4 (the test-kernel convention); 128+N w
 signal N (SIGINT, SIGTERM); 2 when the VMM could not start or the guest crashed (the reason is
 printed on stderr).
 
+Control a running VM over its API socket (vmm-remote prints JSON answers):
+    vmm --kernel bzImage --api-socket /tmp/vmm.sock &
+    vmm-remote --api-socket /tmp/vmm.sock info
+    vmm-remote --api-socket /tmp/vmm.sock pause
+
 Debugging a stalled guest: `kill -USR1 <pid>` makes every vCPU log one line of state on stderr
 (registers, halted or not, LAPIC timer and TSC deadline on x86_64) and the VM runs on.";
 
@@ -83,6 +88,11 @@ pub struct Cli {
     #[arg(long)]
     pub print_memory_map: bool,
 
+    /// Serve the HTTP API on this Unix socket (drive it with vmm-remote). A stale socket
+    /// file is replaced unless another VMM holds PATH.lock.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = parse_level)]
     pub log_level: log::LevelFilter,
@@ -121,6 +131,7 @@ impl Cli {
                 .collect::<Result<_, _>>()?,
             rng: self.rng,
             devices: self.device,
+            api_socket: self.api_socket,
         })
     }
 }
@@ -171,6 +182,8 @@ mod tests {
             "--disk",
             "path=/tmp/b.img,readonly=on",
             "--rng",
+            "--api-socket",
+            "/tmp/api.sock",
         ])
         .unwrap();
         assert_eq!(c.log_level, log::LevelFilter::Debug);
@@ -185,6 +198,7 @@ mod tests {
         assert_eq!(c.disks.len(), 2);
         assert!(c.disks[1].readonly && !c.disks[0].readonly);
         assert!(c.rng);
+        assert_eq!(c.api_socket, Some(PathBuf::from("/tmp/api.sock")));
     }
 
     #[test]

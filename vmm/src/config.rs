@@ -174,6 +174,8 @@ pub struct VmConfig {
     /// PCI devices to pass through (`path=/sys/bus/pci/devices/BDF[,id=NAME]`), parsed and
     /// checked by the passthrough crate.
     pub devices: Vec<String>,
+    /// Where to serve the HTTP API (`--api-socket`), if anywhere.
+    pub api_socket: Option<PathBuf>,
 }
 
 /// Host facts that bound a configuration.
@@ -238,6 +240,7 @@ mod tests {
             disks: Vec::new(),
             rng: false,
             devices: Vec::new(),
+            api_socket: None,
         }
     }
 

@@ -2,14 +2,16 @@
 //!
 //! Read top-down: [`cli`] and [`config`] say what the user asked for, [`builder`] puts the
 //! VM together, [`vstate`] holds the KVM objects, [`arch`] the per-architecture boot state,
-//! [`loader`] puts kernels into guest memory. Devices live in the `devices` crate and
-//! passthrough in the `passthrough` crate.
+//! [`loader`] puts kernels into guest memory, [`control`] carries out the HTTP API's
+//! requests on the running VM. Devices live in the `devices` crate, passthrough in the
+//! `passthrough` crate, the API server in the `api` crate.
 #![deny(missing_docs)]
 
 pub mod arch;
 pub mod builder;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod device_hotplug;
 pub mod interrupts;
 #[cfg(target_arch = "x86_64")]

@@ -26,6 +26,9 @@ use crate::interrupts::InterruptManager;
 use crate::vfio::{AttachedPassthrough, PassthroughPlan};
 use passthrough::vfio_pci::VfioPciFunction;
 
+/// The slot of the first passed-through function (after the host bridge at 00.0).
+pub const FIRST_PASSTHROUGH_SLOT: u8 = 1;
+
 /// Whether passed-through functions show I/O BARs: only where the platform has port I/O.
 const IO_BARS: bool = cfg!(target_arch = "x86_64");
 
@@ -154,7 +157,15 @@ pub fn create_pci_segment(
     // Passed-through functions take the first slots after the host bridge.
     let attached = match passthrough {
         Some(plan) => {
-            let a = plan.attach(vm.clone(), mem, irq, &mut root, 1, msi_devid, IO_BARS)?;
+            let a = plan.attach(
+                vm.clone(),
+                mem,
+                irq,
+                &mut root,
+                FIRST_PASSTHROUGH_SLOT,
+                msi_devid,
+                IO_BARS,
+            )?;
             functions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -104,6 +104,24 @@ impl PassthroughPlan {
         self.ranges.clone()
     }
 
+    /// The devices as the API lists them, on the slots [`Self::attach`] gives them from
+    /// `first_slot` on.
+    pub fn device_infos(&self, first_slot: u8) -> Vec<crate::device_hotplug::DeviceInfo> {
+        self.located
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| {
+                let bdf = PciBdf::new(0, first_slot.checked_add(i as u8)?, 0)?;
+                Some(crate::device_hotplug::DeviceInfo {
+                    id: d.name.clone(),
+                    bdf: bdf.to_string(),
+                    path: d.spec.path.clone(),
+                    iommu: false,
+                })
+            })
+            .collect()
+    }
+
     /// Attaches every device to a new IOAS and to KVM, puts its function on `root` (from
     /// slot `first_slot` on, in order), and maps guest RAM for DMA. `msi_devid`: MSI routes
     /// carry the function's requester ID as ITS DeviceID (aarch64).

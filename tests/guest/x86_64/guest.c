@@ -1011,6 +1011,16 @@ __attribute__((noreturn)) void guest_main(u32 magic, u32 info_addr)
     if (pci_test(parse_u32_param(boot.cmdline, "rng_loops", 1)) && boot.magic_ok && online == cpus)
         code = EXIT_PCI_FAILED;
 
+    /* tick=<N>: stay up, printing a numbered line every N million TSC ticks (about N ms
+     * at 1 GHz), for tests of a VM that keeps running (API pause/resume). */
+    u32 tick = parse_u32_param(boot.cmdline, "tick", 0);
+    if (tick) {
+        for (u64 n = 0;; n++) {
+            kprintf("tiny-guest: tick %u\n", n);
+            tsc_delay((u64)tick * 1000000ull);
+        }
+    }
+
     kprintf("tiny-guest: exit code=%u\n", (u64)code);
     outl(EXIT_PORT, code);
     halt_forever();

@@ -15,6 +15,7 @@ use devices::{Bus, ExitEvent};
 use crate::arch::aarch64::vcpu_state;
 #[cfg(target_arch = "x86_64")]
 use crate::arch::x86_64::vcpu_state;
+use crate::vstate::pause::PauseGate;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 /// Status the VMM exits with when the guest crashed or a vCPU failed.
@@ -59,6 +60,8 @@ pub struct Vcpu {
     stop: Arc<AtomicBool>,
     /// Bumped by the event loop on SIGUSR1: each vCPU logs its state once per new value.
     dump: Arc<AtomicU64>,
+    /// Where the vCPU waits while the VM is paused.
+    gate: Arc<PauseGate>,
 }
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
@@ -93,7 +96,14 @@ impl Vcpu {
             exit,
             stop,
             dump,
+            gate: Arc::new(PauseGate::new()),
         }
+    }
+
+    /// Makes the vCPU wait at `gate` while the VM is paused.
+    pub fn with_pause_gate(mut self, gate: Arc<PauseGate>) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// Names the failing ioctl.
@@ -122,6 +132,11 @@ impl Vcpu {
     fn run_loop(mut self) {
         let mut dumped = self.dump.load(Ordering::Acquire);
         while !self.stop.load(Ordering::Acquire) {
+            // A pause kicks us out of KVM_RUN to here.
+            self.gate.pass();
+            if self.stop.load(Ordering::Acquire) || self.exit.status().is_some() {
+                break;
+            }
             let wanted = self.dump.load(Ordering::Acquire);
             if wanted != dumped {
                 dumped = wanted;
