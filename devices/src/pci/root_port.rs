@@ -106,8 +106,8 @@ fn check_window(
     below_4g: bool,
 ) -> Result<(), RootPortError> {
     let ok = w.start < w.end
-        && w.start % BRIDGE_WINDOW_ALIGN == 0
-        && w.end % BRIDGE_WINDOW_ALIGN == 0
+        && w.start.is_multiple_of(BRIDGE_WINDOW_ALIGN)
+        && w.end.is_multiple_of(BRIDGE_WINDOW_ALIGN)
         && (!below_4g || w.end <= 1 << 32);
     if ok {
         Ok(())
