@@ -21,7 +21,7 @@ use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, HUGE_PAGE_2
 use crate::interrupts::kvm::KvmRouting;
 use crate::interrupts::InterruptManager;
 use crate::machine;
-use crate::pci::create_pci_segment;
+use crate::pci::{create_pci_segment, PciSegmentConfig};
 use crate::signals::{SignalsError, StopSignals};
 use crate::vfio::PassthroughPlan;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
@@ -242,15 +242,21 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         vm.shared_fd(),
         &mem,
         &irq,
-        &windows,
-        ecam,
-        machine::MSI_NEEDS_DEVID,
-        passthrough,
-        &config.disks,
-        config.rng,
+        PciSegmentConfig {
+            windows: &windows,
+            ecam: (ecam, machine::ECAM_SIZE),
+            msi_devid: machine::MSI_NEEDS_DEVID,
+            passthrough,
+            disks: &config.disks,
+            rng: config.rng,
+            hotplug_slots: config.hotplug_slots,
+            port_windows: machine::HOTPLUG_PORT_WINDOWS,
+        },
         &mut pio,
         &mut mmio,
     )?;
+    // The API's event loop drives hotplug through this.
+    let hotplug = pci.hotplug(&mem, &irq, machine::MSI_NEEDS_DEVID);
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
     let stop = Arc::new(AtomicBool::new(false));
@@ -298,6 +304,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     for h in handles {
         h.stop();
     }
+    drop(hotplug);
     drop(pci);
     drop(mem);
     result

@@ -78,6 +78,11 @@ pub struct Cli {
     #[arg(long, value_name = "path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=NAME]")]
     pub device: Vec<String>,
 
+    /// PCIe root ports with a hot-plug slot each, for devices added later through the API
+    /// (0 to 8; default 0, or 4 with an API socket).
+    #[arg(long, value_name = "N")]
+    pub hotplug_slots: Option<u8>,
+
     /// Print where guest RAM would go (avoiding the host's reserved and MSI ranges of every
     /// --device, read from the kernel through /dev/iommu) and exit without booting.
     #[arg(long)]
@@ -121,6 +126,7 @@ impl Cli {
                 .collect::<Result<_, _>>()?,
             rng: self.rng,
             devices: self.device,
+            hotplug_slots: self.hotplug_slots.unwrap_or(0),
         })
     }
 }

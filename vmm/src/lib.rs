@@ -11,6 +11,7 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod device_hotplug;
+pub mod hotplug;
 pub mod interrupts;
 #[cfg(target_arch = "x86_64")]
 pub mod loader;

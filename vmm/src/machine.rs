@@ -56,6 +56,11 @@ mod x86_64 {
     pub const FIRST_MSI_GSI: u32 = 24;
     /// Whether MSI routes carry a DeviceID (no: the LAPIC does not need one).
     pub const MSI_NEEDS_DEVID: bool = false;
+    /// Bytes of each hotplug root port's memory and prefetchable window, both from the
+    /// 32-bit PCI window (x86 has no 64-bit one yet).
+    pub const HOTPLUG_PORT_WINDOWS: (u64, u64) = (8 << 20, 32 << 20);
+    /// Size of the ECAM region.
+    pub const ECAM_SIZE: u64 = layout::ECAM_SIZE;
 
     /// Nothing arch-specific survives setup on x86_64.
     pub struct ArchState;
@@ -194,6 +199,11 @@ mod aarch64 {
     pub const FIRST_MSI_GSI: u32 = gic::FIRST_MSI_GSI;
     /// MSI routes carry the ITS DeviceID (KVM_MSI_VALID_DEVID).
     pub const MSI_NEEDS_DEVID: bool = true;
+    /// Bytes of each hotplug root port's memory window (32-bit PCI window) and
+    /// prefetchable window (64-bit PCI window, big enough for large device BARs).
+    pub const HOTPLUG_PORT_WINDOWS: (u64, u64) = (8 << 20, 4 << 30);
+    /// Size of the ECAM region.
+    pub const ECAM_SIZE: u64 = layout::PCI_ECAM_SIZE;
 
     /// The GIC and ITS device fds, which must live as long as the VM.
     pub struct ArchState {
