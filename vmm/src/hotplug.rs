@@ -15,8 +15,9 @@
 //!    first device the IOAS is made and guest RAM mapped and guarded with
 //!    `IOMMU_IOAS_ALLOW_IOVAS`; `KVM_DEV_VFIO_FILE_ADD`, bind, attach, reset, the function
 //!    with its MSI/MSI-X group), put the function behind the port;
-//! 5. presence detect, then the attention button; answer once the guest has powered the
-//!    slot on and lit its power indicator, or undo everything after the add timeout.
+//! 5. presence detect, then the attention button (unless the guest acts on presence
+//!    changes itself); answer once the guest has powered the slot on and lit its power
+//!    indicator, or undo everything after the add timeout.
 //!
 //! Remove: the attention button; wait until the guest powers the slot off (its driver has
 //! let go), else answer NotReady and leave the device in place. Then tear down in the
@@ -423,7 +424,9 @@ impl DeviceHotplug for PciHotplug {
         {
             let mut p = lock(&port);
             p.insert();
-            p.press_button();
+            if !p.slot().presence_enabled() {
+                p.press_button();
+            }
         }
         if self.wait(&port, self.timeouts.add, |p| p.slot().powered_on()) {
             log::info!(
@@ -457,7 +460,7 @@ impl DeviceHotplug for PciHotplug {
             let p = lock(&port);
             (
                 p.slot().powered(),
-                p.slot().hotplug_enabled() && p.msi_enabled(),
+                p.slot().button_enabled() && p.msi_enabled(),
             )
         };
         if powered {

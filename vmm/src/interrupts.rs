@@ -138,7 +138,8 @@ impl InterruptManager {
             mgr: self.clone(),
             vectors: Vec::with_capacity(gsis.len()),
             devid,
-            unregistered: gsis,
+            // Popped from the back: irqfds are registered lowest GSI first.
+            unregistered: gsis.into_iter().rev().collect(),
         };
         while let Some(gsi) = group.unregistered.pop() {
             let fd = match EventFd::new(EFD_NONBLOCK) {
@@ -155,7 +156,6 @@ impl InterruptManager {
             }
             group.vectors.push(Vector { gsi, fd });
         }
-        group.vectors.sort_by_key(|v| v.gsi);
         Ok(group)
     }
 

@@ -161,9 +161,21 @@ impl HotplugSlot {
     }
 
     /// Whether the guest has enabled what a hot-add needs: the hot-plug interrupt and the
-    /// attention button event.
+    /// attention button or presence detect event.
     pub fn hotplug_enabled(&self) -> bool {
+        self.control & SLTCTL_HPIE != 0 && self.control & (SLTCTL_ABPE | SLTCTL_PDCE) != 0
+    }
+
+    /// Whether the guest listens to the attention button (what an orderly removal needs).
+    pub fn button_enabled(&self) -> bool {
         self.control & (SLTCTL_HPIE | SLTCTL_ABPE) == SLTCTL_HPIE | SLTCTL_ABPE
+    }
+
+    /// Whether the guest acts on presence changes itself. Linux's pciehp enables them only
+    /// on slots without an attention button (older kernels on every slot); then a new card
+    /// needs no button press, and one would ask the guest to power the slot off again.
+    pub fn presence_enabled(&self) -> bool {
+        self.control & (SLTCTL_HPIE | SLTCTL_PDCE) == SLTCTL_HPIE | SLTCTL_PDCE
     }
 
     /// The guest is done powering the slot on: power on and the power indicator lit.
@@ -316,7 +328,7 @@ mod tests {
         assert!(!s.hotplug_enabled());
         write_control(&mut s, PCIEHP_ENABLE | SLTCTL_PCC | SLTCTL_PWR_IND_OFF);
         clear_status(&mut s, SLTSTA_CC);
-        assert!(s.hotplug_enabled());
+        assert!(s.hotplug_enabled() && s.button_enabled() && !s.presence_enabled());
 
         // VMM: card in (PDC not enabled by pciehp with a button: no interrupt), button.
         assert!(!s.insert());
@@ -359,6 +371,7 @@ mod tests {
         let mut s = HotplugSlot::new(1, true);
         write_control(&mut s, PCIEHP_ENABLE | SLTCTL_PDCE | SLTCTL_PWR_IND_ON);
         clear_status(&mut s, SLTSTA_CC);
+        assert!(s.presence_enabled());
         s.insert();
         clear_status(&mut s, SLTSTA_PDC);
         assert!(s.link_active());
