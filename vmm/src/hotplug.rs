@@ -11,10 +11,10 @@
 //!    a scratch IOAS, reserved regions);
 //! 3. check them against guest RAM already placed: a reserved region inside RAM, or RAM
 //!    outside the ranges, is a Conflict naming the range and the device;
-//! 4. attach it through the VM's one passthrough path ([`Passthrough::attach`]: for the
-//!    first device the IOAS is made and guest RAM mapped and guarded with
-//!    `IOMMU_IOAS_ALLOW_IOVAS`; `KVM_DEV_VFIO_FILE_ADD`, bind, attach, reset, the function
-//!    with its MSI/MSI-X group), put the function behind the port;
+//! 4. for the first passthrough device make the IOAS and map guest RAM into it, guarded
+//!    with `IOMMU_IOAS_ALLOW_IOVAS`; attach the device through the VM's one passthrough path
+//!    ([`Passthrough::attach`]: `KVM_DEV_VFIO_FILE_ADD`, bind, attach, reset, the function
+//!    with its MSI/MSI-X group); put the function behind the port;
 //! 5. presence detect, then the attention button (unless the guest acts on presence
 //!    changes itself); answer once the guest has powered the slot on and lit its power
 //!    indicator, or undo everything after the add timeout.
@@ -274,6 +274,9 @@ impl PciHotplug {
             ));
         }
 
+        // The first device's IOAS gets guest RAM, guarded, before any device is attached.
+        pt.map_ram(&self.mem, &format!("device {id}"))
+            .map_err(|e| fault(HotplugFaultKind::Internal, e.to_string()))?;
         let devid = self.msi_devid.then(|| u32::from(guest_bdf.requester_id()));
         let irq = self.irq.clone();
         let mut groups = |n: u16| {
@@ -284,11 +287,6 @@ impl PciHotplug {
         let (device, function) = pt
             .attach(&located, self.source.opener(), &mut groups)
             .map_err(|e| fault(classify(&e), e.to_string()))?;
-        if let Err(e) = pt.map_ram(&self.mem, &format!("device {id}")) {
-            drop(device);
-            pt.release_if_idle();
-            return Err(fault(HotplugFaultKind::Internal, e.to_string()));
-        }
         let (key, plugged) = {
             let mut root = lock(&self.root);
             (root.port_bdf(index), root.plug(index, function.clone()))

@@ -331,16 +331,45 @@ impl Passthrough {
     /// The shared "attach a device" step: makes the IOAS if this is the first device, then
     /// opens, registers with KVM, binds, attaches and resets `d` and builds its function.
     /// The caller puts the function on the PCI root and hands both to [`Passthrough::adopt`].
+    /// On failure, with no device present, the IOAS goes again.
     pub fn attach(
         &mut self,
         d: &LocatedDevice,
         opener: &mut dyn VfioOpener,
         groups: &mut InterruptGroupFactory<'_>,
     ) -> Result<(PassthroughDevice, Arc<Mutex<VfioPciFunction>>), VfioError> {
-        let Some(iommufd) = self.iommufd.clone() else {
-            return Err(VfioError::NoIommufd(d.name.clone()));
-        };
+        let attached = self.attach_now(d, opener, groups);
+        if attached.is_err() {
+            self.release_if_idle();
+        }
+        attached
+    }
+
+    fn attach_now(
+        &mut self,
+        d: &LocatedDevice,
+        opener: &mut dyn VfioOpener,
+        groups: &mut InterruptGroupFactory<'_>,
+    ) -> Result<(PassthroughDevice, Arc<Mutex<VfioPciFunction>>), VfioError> {
+        let ctx = self.ensure_ioas(&d.name)?;
+        let device = PassthroughDevice::attach(d, ctx, opener, groups)?;
+        match device.function() {
+            Some(f) => Ok((device, f)),
+            // attach() returns with the function in place; treat anything else as a bug in
+            // the device model rather than crash.
+            None => Err(VfioError::Root(
+                d.name.clone(),
+                devices::pci::PciRootError::NoFreeSlot,
+            )),
+        }
+    }
+
+    /// The device context, with the IOAS (and the KVM-VFIO device) made if there is none.
+    fn ensure_ioas(&mut self, who: &str) -> Result<&VmPassthrough, VfioError> {
         if self.ctx.is_none() {
+            let Some(iommufd) = self.iommufd.clone() else {
+                return Err(VfioError::NoIommufd(who.to_string()));
+            };
             let kvm = match &self.kvm {
                 Some(k) => k.clone(),
                 None => self
@@ -354,31 +383,9 @@ impl Passthrough {
             self.ioas = Some(ioas);
             self.ctx = Some(ctx);
         }
-        let ctx = self
-            .ctx
+        self.ctx
             .as_ref()
-            .ok_or(VfioError::NoIommufd(d.name.clone()))?;
-        let device = PassthroughDevice::attach(d, ctx, opener, groups);
-        let device = match device {
-            Ok(dev) => dev,
-            Err(e) => {
-                self.release_if_idle();
-                return Err(e.into());
-            }
-        };
-        match device.function() {
-            Some(f) => Ok((device, f)),
-            // attach() returns with the function in place; treat anything else as a bug in
-            // the device model rather than crash.
-            None => {
-                drop(device);
-                self.release_if_idle();
-                Err(VfioError::Root(
-                    d.name.clone(),
-                    devices::pci::PciRootError::NoFreeSlot,
-                ))
-            }
-        }
+            .ok_or_else(|| VfioError::NoIommufd(who.to_string()))
     }
 
     /// Records a device whose function is on the PCI root.
@@ -390,8 +397,9 @@ impl Passthrough {
         self.devices.push(dev);
     }
 
-    /// Maps guest RAM for DMA and guards it, unless it is mapped already. Returns the bytes
-    /// and how it was mapped.
+    /// Maps guest RAM for DMA and guards it (making the IOAS first if there is none),
+    /// unless it is mapped already. Returns the bytes and how it was mapped. On failure,
+    /// with no device present, the IOAS goes again.
     pub fn map_ram(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -402,21 +410,35 @@ impl Passthrough {
         if self.dma.is_some() {
             return Ok((ram_bytes, "already mapped"));
         }
+        let mapped = self.map_ram_now(mem, &ram, who);
+        if mapped.is_err() {
+            self.release_if_idle();
+        }
+        mapped.map(|how| (ram_bytes, how))
+    }
+
+    fn map_ram_now(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        ram: &[GuestRam<'_>],
+        who: &str,
+    ) -> Result<&'static str, VfioError> {
+        self.ensure_ioas(who)?;
         let (Some(iommufd), Some(ioas)) =
             (self.iommufd.clone(), self.ioas.as_ref().map(|i| i.id()))
         else {
             return Err(VfioError::NoIommufd(who.to_string()));
         };
         let limit = MemlockLimit::current().map_err(VfioError::Memlock)?;
-        let mut how = if GuestRam::any_file(&ram) {
+        let mut how = if GuestRam::any_file(ram) {
             "memfd, IOMMU_IOAS_MAP_FILE"
         } else {
             "anonymous, IOMMU_IOAS_MAP"
         };
-        let dma = match GuestRamDma::map(iommufd.clone(), ioas, &ram, &limit, who) {
+        let dma = match GuestRamDma::map(iommufd.clone(), ioas, ram, &limit, who) {
             // Kernels before 6.13 have no MAP_FILE: map the same memory by address instead.
             Err(RamDmaError::Map { source, .. })
-                if GuestRam::any_file(&ram) && source.errno() == libc::ENOTTY =>
+                if GuestRam::any_file(ram) && source.errno() == libc::ENOTTY =>
             {
                 log::info!("passthrough: no IOMMU_IOAS_MAP_FILE in this kernel; mapping guest RAM by address");
                 how = "memfd, IOMMU_IOAS_MAP (no MAP_FILE)";
@@ -425,7 +447,7 @@ impl Passthrough {
             other => other?,
         };
         self.dma = Some(dma);
-        Ok((ram_bytes, how))
+        Ok(how)
     }
 
     /// Takes the device `id` out of the set (the caller drops it, which tears it down).

@@ -656,3 +656,20 @@ fn ram_conflicts_name_the_range() {
     relaxable.iova_ranges = None;
     assert_eq!(ram_conflict(&relaxable, &[(0xfe00_0000, 0x200_0000)]), None);
 }
+
+#[test]
+fn a_failed_attach_undoes_the_first_device_ioas_and_ram() {
+    let mut rig = Rig::new(1, Guest::Pciehp);
+    let before = rig.snapshot();
+    rig.kvm.fail_add.store(true, Ordering::Relaxed);
+    let err = rig.add("a").unwrap_err();
+    assert_eq!(err.kind, HotplugFaultKind::Internal, "{err}");
+    assert!(err.message.contains("KVM_DEV_VFIO_FILE_ADD"), "{err}");
+    assert_eq!(rig.snapshot(), before);
+    assert!(rig.ioas_state().is_none());
+    // The slot is free and works once KVM accepts the device.
+    rig.kvm.fail_add.store(false, Ordering::Relaxed);
+    rig.add("a").unwrap();
+    rig.hp.remove_device("a").unwrap();
+    assert_eq!(rig.snapshot(), before);
+}
