@@ -290,3 +290,34 @@ mod aarch64 {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MAX_HOTPLUG_SLOTS;
+    use devices::pci::{PciBdf, PciRoot};
+
+    /// The most root ports the CLI allows get their windows, leave room below 4 GiB for the
+    /// other devices' BARs, and their buses lie inside the ECAM the guest is told about.
+    #[test]
+    fn hotplug_ports_fit_the_layout() {
+        let (windows, _) = pci_windows();
+        let mut root = PciRoot::new(&windows).unwrap();
+        for _ in 0..MAX_HOTPLUG_SLOTS {
+            let mem = root.reserve_window(false, HOTPLUG_PORT_WINDOWS.0).unwrap();
+            let pref = root.reserve_window(true, HOTPLUG_PORT_WINDOWS.1).unwrap();
+            assert!(mem.end <= 1 << 32);
+            assert_eq!(mem.start % (1 << 20), 0);
+            assert_eq!(pref.start % (1 << 20), 0);
+        }
+        let left = root
+            .reserve_window(false, 64 << 20)
+            .expect("64 MiB of 32-bit BAR space left");
+        assert!(left.end <= 1 << 32);
+        let last = PciBdf::new(MAX_HOTPLUG_SLOTS, 0, 0).unwrap();
+        assert!(
+            u64::from(last.bus()) < ECAM_SIZE >> 20,
+            "bus {last} outside ECAM"
+        );
+    }
+}
