@@ -62,8 +62,8 @@ pub struct HotplugTimeouts {
 impl Default for HotplugTimeouts {
     fn default() -> Self {
         HotplugTimeouts {
-            add: Duration::from_secs(15),
-            remove: Duration::from_secs(20),
+            add: Duration::from_secs(20),
+            remove: Duration::from_secs(30),
             poll: Duration::from_millis(10),
         }
     }
