@@ -203,7 +203,8 @@ impl RootPort {
         let (pb, pl) = decode(self.regs[REG_PREF]);
         let pb = pb | u64::from(self.regs[REG_PREF_BASE_HI]) << 32;
         let pl = pl | u64::from(self.regs[REG_PREF_LIMIT_HI]) << 32;
-        let range = |b: u64, l: u64| if b <= l { b..l + 1 } else { b..b };
+        // A limit at the very top of the address space ends the range at u64::MAX.
+        let range = |b: u64, l: u64| if b <= l { b..l.saturating_add(1) } else { b..b };
         RootPortWindows {
             mem: range(mb, ml),
             pref: range(pb, pl),
@@ -402,6 +403,10 @@ mod tests {
             "low nibbles read-only"
         );
         assert_eq!(p.windows().pref, 0x1_fff0_0000..0x2_0000_0000);
+        // A window up to the top of the address space does not overflow.
+        w32(&mut p, 0x28, u32::MAX);
+        w32(&mut p, 0x2c, u32::MAX);
+        assert_eq!(p.windows().pref.end, u64::MAX);
         // Base above limit: the window is closed.
         w32(&mut p, 0x20, 0x0000_fff0);
         assert!(p.windows().mem.is_empty());

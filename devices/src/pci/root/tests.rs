@@ -409,4 +409,98 @@ mod ports {
         root.plug(1, test_device(false)).unwrap();
         assert!(root.plugged(1).is_some());
     }
+
+    /// Guest garbage on the ports and the buses behind them: random bus numbers, windows,
+    /// slot and MSI writes, and accesses to every bus, while the VMM plugs, inserts,
+    /// presses the button and unplugs. Nothing may panic and the BAR map stays inside the
+    /// PCI windows and disjoint.
+    #[test]
+    fn fuzz_ports_and_buses_behind_them() {
+        use crate::pci::test_utils::XorShift;
+        let (mut root, moves, ports) = root_with_ports();
+        let mut rng = XorShift::new(0x5eed_1234_abcd_0001);
+        let lens = [1usize, 2, 4, 4, 3, 8];
+        let mut plugged = [false, false];
+        let mut children_seen = 0;
+        for _ in 0..100_000 {
+            let value = match rng.below(5) {
+                0 => u64::MAX,
+                1 => 0,
+                2 => rng.below(4) << 8 | rng.below(4) << 16,
+                3 => 0x40_0000_0000 + rng.below(4) * 0x1000,
+                _ => rng.next_u64(),
+            };
+            let bytes = value.to_le_bytes();
+            let len = rng.pick(&lens);
+            match rng.below(14) {
+                12 => {
+                    // A sane guest step: number the port's bus, power its slot on.
+                    let i = rng.below(2) as u8;
+                    let bus = 1 + rng.below(3) as u32;
+                    root.config_write(bdf(2 + i), 6, 0, &(bus << 16 | bus << 8).to_le_bytes());
+                    power_on(&mut root, bdf(2 + i));
+                    // Place BAR 0 of the function behind it in the port's window, decode on.
+                    let mem = ports[usize::from(i)].lock().unwrap().windows().mem;
+                    let addr = mem.start.wrapping_add(rng.below(16) * 0x1000) as u32;
+                    let child = PciBdf::new(bus as u8, 0, 0).unwrap();
+                    root.config_write(child, 4, 0, &addr.to_le_bytes());
+                    root.config_write(child, 1, 0, &[COMMAND_MEMORY_SPACE as u8]);
+                }
+                0..=3 => {
+                    let port = bdf(2 + rng.below(2) as u8);
+                    let reg = rng.pick(&[1usize, 6, 8, 9, 10, 11, 15, 16, 17, 19, 20, 26, 1023]);
+                    let offset = rng.below(4);
+                    root.config_write(port, reg, offset, &bytes[..len]);
+                }
+                4..=6 => {
+                    let b = PciBdf::new(rng.below(4) as u8, rng.below(2) as u8, 0).unwrap();
+                    let reg = rng.pick(&[0usize, 1, 4, 5, 6, 7, 8, 9, 64]);
+                    if rng.below(2) == 0 {
+                        root.config_write(b, reg, 0, &bytes[..len]);
+                    } else if b.bus() != 0 && root.config_read(b, reg) != u32::MAX {
+                        children_seen += 1;
+                    }
+                }
+                7 => {
+                    let i = rng.below(2) as usize;
+                    if plugged[i] {
+                        assert!(root.unplug(i).is_some());
+                    } else {
+                        root.plug(i, test_device(false)).unwrap();
+                    }
+                    plugged[i] = !plugged[i];
+                }
+                8 => ports[rng.below(2) as usize].lock().unwrap().insert(),
+                9 => ports[rng.below(2) as usize].lock().unwrap().press_button(),
+                10 => ports[rng.below(2) as usize].lock().unwrap().eject(),
+                _ => {
+                    let w = mmio_window(&root, 0xc000_0000);
+                    let mut b = [0u8; 4];
+                    w.lock().unwrap().read(rng.below(0x200_0000), &mut b);
+                }
+            }
+        }
+        assert!(
+            children_seen > 100,
+            "{children_seen} reads reached a function behind a port"
+        );
+        let port_moves = moves
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(b, _)| b.device() >= 2)
+            .count();
+        assert!(port_moves > 10, "{port_moves} BAR moves behind the ports");
+        let mapped = root.mapped_bars();
+        for (i, &(b, bar, kind, addr, size)) in mapped.iter().enumerate() {
+            assert!(root.allows(kind, addr, size), "{b} BAR {bar} at {addr:#x}");
+            for &(other, obar, _, oaddr, osize) in &mapped[i + 1..] {
+                assert!(
+                    addr + size <= oaddr || oaddr + osize <= addr,
+                    "{b} BAR {bar} overlaps {other} BAR {obar}"
+                );
+            }
+        }
+        assert_eq!(root.config_read(bdf(2), 0), 0x000c_1b36, "ports survive");
+    }
 }
