@@ -383,33 +383,43 @@ impl DeviceHotplug for PciHotplug {
                 ));
             }
         }
-        let (index, ports) = {
+        // The first free slot the guest listens to (enabled hotplug, numbered its bus).
+        let (free, ports) = {
             let root = lock(&self.root);
             let n = root.port_count();
-            ((0..n).find(|&i| root.plugged(i).is_none()), n)
+            let free: Vec<usize> = (0..n).filter(|&i| root.plugged(i).is_none()).collect();
+            (free, n)
         };
-        let Some(index) = index else {
+        if free.is_empty() {
             return Err(fault(
                 HotplugFaultKind::Conflict,
                 format!("no free hotplug slot: all {ports} are in use; remove a device first"),
             ));
-        };
-        let (port, port_bdf) = self.port(index)?;
-        let (ready, secondary) = {
-            let p = lock(&port);
-            (p.slot().hotplug_enabled() && p.msi_enabled(), p.buses().1)
-        };
-        if !ready || secondary == 0 {
+        }
+        let mut ready = None;
+        for &i in &free {
+            let (port, _) = self.port(i)?;
+            let (enabled, secondary) = {
+                let p = lock(&port);
+                (p.slot().hotplug_enabled() && p.msi_enabled(), p.buses().1)
+            };
+            if enabled && secondary != 0 {
+                ready = Some((i, port, secondary));
+                break;
+            }
+        }
+        let Some((index, port, secondary)) = ready else {
+            let (_, port_bdf) = self.port(free[0])?;
             return Err(fault(
                 HotplugFaultKind::NotReady,
                 format!(
-                    "the guest has not enabled hotplug on slot {} (root port {port_bdf}): its \
-                     PCIe port driver and pciehp (CONFIG_HOTPLUG_PCI_PCIE) must have bound; \
-                     try again once it has booted",
-                    index + 1
+                    "the guest has not enabled hotplug on any free slot (the first is slot {}, \
+                     root port {port_bdf}): its PCIe port driver and pciehp \
+                     (CONFIG_HOTPLUG_PCI_PCIE) must have bound; try again once it has booted",
+                    free[0] + 1
                 ),
             ));
-        }
+        };
         let guest_bdf = PciBdf::new(secondary, 0, 0).ok_or_else(|| {
             fault(
                 HotplugFaultKind::Internal,

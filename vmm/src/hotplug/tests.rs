@@ -144,6 +144,8 @@ enum Guest {
     Clingy,
     /// No port driver: hotplug never enabled.
     Absent,
+    /// pciehp bound on every port but the first.
+    NotOnFirst,
 }
 
 struct Rig {
@@ -371,7 +373,8 @@ fn spawn_guest(
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        let port_bdfs: Vec<PciBdf> = (0..usize::from(ports))
+        let skip = usize::from(mode == Guest::NotOnFirst);
+        let port_bdfs: Vec<PciBdf> = (skip..usize::from(ports))
             .map(|i| lock(&root).port_bdf(i).unwrap())
             .collect();
         if mode == Guest::Absent {
@@ -413,7 +416,7 @@ fn spawn_guest(
                     cfg_write(&root, child, 1, 0, &[0x06]);
                     let lit = (on & !SLTCTL_PIC) | SLTCTL_PWR_IND_ON;
                     cfg_write(&root, p, SLOT_REG, 0, &lit.to_le_bytes());
-                } else if powered && mode == Guest::Pciehp {
+                } else if powered && matches!(mode, Guest::Pciehp | Guest::NotOnFirst) {
                     let off = ctl | SLTCTL_PCC;
                     cfg_write(&root, p, SLOT_REG, 0, &off.to_le_bytes());
                     let dark = (off & !SLTCTL_PIC) | SLTCTL_PWR_IND_OFF;
@@ -672,4 +675,17 @@ fn a_failed_attach_undoes_the_first_device_ioas_and_ram() {
     rig.add("a").unwrap();
     rig.hp.remove_device("a").unwrap();
     assert_eq!(rig.snapshot(), before);
+}
+
+#[test]
+fn the_device_goes_to_a_slot_the_guest_listens_to() {
+    let mut rig = Rig::new(2, Guest::NotOnFirst);
+    let info = rig.add("a").unwrap();
+    assert_eq!(info.bdf, "02:00.0", "behind the second port");
+    assert_eq!(rig.snapshot().present, vec![false, true]);
+    // The only slot the guest handles is taken now.
+    let err = rig.add("b").unwrap_err();
+    assert_eq!(err.kind, HotplugFaultKind::NotReady, "{err}");
+    assert!(err.message.contains("slot 1"), "{err}");
+    rig.hp.remove_device("a").unwrap();
 }
