@@ -174,15 +174,19 @@ fn every_route_answers_and_pause_really_stops_the_guest() {
     }
     assert_eq!(json(&call("GET", "/vm.info", None))["state"], "Running");
 
-    // Without hotplug slots (until PCIe hotplug lands), add is a conflict and remove of an
-    // unknown id is not found: the device routes are served, and say why.
+    // With --api-socket the VM has hotplug slots: a device this host has not bound to
+    // vfio-pci is a bad request that says how to bind it, and nothing is added.
     let add = call(
         "PUT",
         "/vm.add-device",
         Some(r#"{"path": "/sys/bus/pci/devices/0000:00:03.0", "id": "nic"}"#),
     );
-    assert_eq!(add.status, 409, "{}", add.text());
-    assert!(add.text().contains("hotplug"), "{}", add.text());
+    assert_eq!(add.status, 400, "{}", add.text());
+    assert!(add.text().contains("vfio-pci"), "{}", add.text());
+    assert_eq!(
+        json(&call("GET", "/vm.info", None))["devices"],
+        serde_json::json!([])
+    );
     let remove = call("PUT", "/vm.remove-device", Some(r#"{"id": "nic"}"#));
     assert_eq!(remove.status, 404, "{}", remove.text());
 
@@ -288,10 +292,11 @@ fn bad_requests() -> Vec<Bad> {
         Call("DELETE", "DELETE", "/vm.info", None, 405),
         Call("resume while running", "PUT", "/vm.resume", None, 409),
         Call("remove an unknown id", "PUT", "/vm.remove-device", Some(r#"{"id": "ghost"}"#), 404),
-        // Refused by the hotplug side: without slots every add is a conflict; with slots a
-        // path that is not a PCI device is a 400 and a duplicate id a 409.
-        Call("not a PCI device", "PUT", "/vm.add-device", Some(r#"{"path": "/tmp"}"#), 409),
-        Call("duplicate id", "PUT", "/vm.add-device", Some(r#"{"path": "/sys/bus/pci/devices/0000:00:03.0", "id": "dup"}"#), 409),
+        // Refused by the hotplug side (the VM has slots): a path that is not a PCI device, a
+        // device not bound to vfio-pci, and iommu=on (nesting is not hot-pluggable yet).
+        Call("not a PCI device", "PUT", "/vm.add-device", Some(r#"{"path": "/tmp"}"#), 400),
+        Call("not bound to vfio-pci", "PUT", "/vm.add-device", Some(r#"{"path": "/sys/bus/pci/devices/0000:00:03.0", "id": "dup"}"#), 400),
+        Call("iommu on hot-add", "PUT", "/vm.add-device", Some(r#"{"path": "/sys/bus/pci/devices/0000:00:03.0", "iommu": true}"#), 400),
     ]
 }
 

@@ -384,3 +384,14 @@ fn bad_passthrough_devices() {
         None => eprintln!("SKIPPED part: no PCI device bound to a non-vfio driver on this host"),
     }
 }
+
+#[test]
+fn too_many_hotplug_slots() {
+    require_kvm!();
+    assert_error(
+        &vmm(&["--kernel", "k", "--memory", "64M", "--hotplug-slots", "9"]),
+        "--hotplug-slots 9 is too many: at most 8",
+    );
+    let out = vmm(&["--kernel", "k", "--hotplug-slots", "-1"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -306,3 +306,35 @@ fn guest_enumerates_pci_and_receives_msix_through_irqfd() {
     }
     let _ = std::fs::remove_file(&disk);
 }
+
+#[test]
+fn guest_sees_hotplug_root_ports_and_their_command_completed_msi() {
+    require_kvm!();
+    let out = Command::new(VMM)
+        .args(["--kernel", TINY_GUEST_ELF64, "--memory", "64M", "--rng"])
+        .args(["--hotplug-slots", "2", "--cmdline", "exit=3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ctx = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // Host bridge, virtio-rng, then the two root ports on buses 1 and 2.
+    assert!(stdout.contains("tiny-guest: pci devices=4"), "{ctx}");
+    for (dev, bus) in [(2, 1), (3, 2)] {
+        assert!(
+            stdout.contains(&format!("tiny-guest: pci 00:0{dev}.0 1b36:000c")),
+            "{ctx}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "tiny-guest: hotplug port 00:0{dev}.0 bus={bus} slot={bus} cc=1 cleared=1 msi=1"
+            )),
+            "{ctx}"
+        );
+    }
+    // The virtio-rng MSI-X still works next to the ports.
+    assert!(
+        stdout.contains("tiny-guest: virtio-rng msix irq=1"),
+        "{ctx}"
+    );
+    assert_eq!(out.status.code(), Some(7), "{ctx}");
+}

@@ -129,6 +129,8 @@ pub struct VmConfigInfo {
     pub disks: Vec<DiskEntry>,
     /// Whether there is a virtio-rng.
     pub rng: bool,
+    /// PCIe root ports with a hot-plug slot each.
+    pub hotplug_slots: u8,
 }
 
 /// One virtio-blk disk.

@@ -53,6 +53,7 @@ impl RequestHandler for FakeVmm {
                     hugepages: false,
                     disks: vec![],
                     rng: false,
+                    hotplug_slots: 0,
                 },
                 devices: vec![],
                 memory_map: MemoryMapInfo {

@@ -24,7 +24,7 @@ use crate::device_hotplug::NoHotplug;
 use crate::interrupts::kvm::KvmRouting;
 use crate::interrupts::InterruptManager;
 use crate::machine;
-use crate::pci::{create_pci_segment, FIRST_PASSTHROUGH_SLOT};
+use crate::pci::{create_pci_segment, PciSegmentConfig};
 use crate::signals::{SignalsError, StopSignals};
 use crate::vfio::PassthroughPlan;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
@@ -249,24 +249,26 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         machine::FIRST_MSI_GSI,
         machine::MAX_GSI,
     ));
-    let cold_plugged = passthrough
-        .as_ref()
-        .map(|p| p.device_infos(FIRST_PASSTHROUGH_SLOT))
-        .unwrap_or_default();
     let (windows, ecam) = machine::pci_windows();
     let pci = create_pci_segment(
         vm.shared_fd(),
         &mem,
         &irq,
-        &windows,
-        ecam,
-        machine::MSI_NEEDS_DEVID,
-        passthrough,
-        &config.disks,
-        config.rng,
+        PciSegmentConfig {
+            windows: &windows,
+            ecam: (ecam, machine::ECAM_SIZE),
+            msi_devid: machine::MSI_NEEDS_DEVID,
+            passthrough,
+            disks: &config.disks,
+            rng: config.rng,
+            hotplug_slots: config.hotplug_slots,
+            port_windows: machine::HOTPLUG_PORT_WINDOWS,
+        },
         &mut pio,
         &mut mmio,
     )?;
+    // The API's event loop drives hotplug through this; it goes before the PCI segment.
+    let mut hotplug = Some(pci.hotplug(&mem, &irq, machine::MSI_NEEDS_DEVID));
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
     let stop = Arc::new(AtomicBool::new(false));
@@ -313,7 +315,9 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
                 let (link, inbox) = api::api_channel()
                     .map_err(|e| BuilderError::Api(api::ApiServerError::Thread(e)))?;
                 let control = VmControl::new(
-                    Box::new(NoHotplug { cold_plugged }),
+                    hotplug
+                        .take()
+                        .unwrap_or_else(|| Box::new(NoHotplug::default())),
                     gate.clone(),
                     threads.clone(),
                     exit.clone(),
@@ -339,6 +343,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     for h in handles {
         h.stop();
     }
+    drop(hotplug);
     drop(pci);
     drop(mem);
     result

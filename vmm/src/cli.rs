@@ -83,6 +83,11 @@ pub struct Cli {
     #[arg(long, value_name = "path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=NAME]")]
     pub device: Vec<String>,
 
+    /// PCIe root ports with a hot-plug slot each, for devices added later through the API
+    /// (0 to 8; default 0, or 4 with an API socket).
+    #[arg(long, value_name = "N")]
+    pub hotplug_slots: Option<u8>,
+
     /// Print where guest RAM would go (avoiding the host's reserved and MSI ranges of every
     /// --device, read from the kernel through /dev/iommu) and exit without booting.
     #[arg(long)]
@@ -131,7 +136,12 @@ impl Cli {
                 .collect::<Result<_, _>>()?,
             rng: self.rng,
             devices: self.device,
-            api_socket: self.api_socket,
+            api_socket: self.api_socket.clone(),
+            hotplug_slots: self.hotplug_slots.unwrap_or(if self.api_socket.is_some() {
+                crate::config::DEFAULT_HOTPLUG_SLOTS_WITH_API
+            } else {
+                0
+            }),
         })
     }
 }

@@ -27,6 +27,9 @@ pub const HUGE_PAGE_2M: u64 = 2 * MIB;
 /// Errors in the configuration.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// More hotplug slots than the layout reserves windows for.
+    #[error("--hotplug-slots {0} is too many: at most {max} (each slot is a PCIe root port with its own bus and a slice of the PCI windows)", max = MAX_HOTPLUG_SLOTS)]
+    TooManyHotplugSlots(u8),
     /// A size string that is not a number with an optional K/M/G/T suffix.
     #[error("invalid size '{0}': use a number with an optional K, M, G or T suffix (e.g. 512M, 2G); a bare number means MiB")]
     InvalidSize(String),
@@ -176,7 +179,14 @@ pub struct VmConfig {
     pub devices: Vec<String>,
     /// Where to serve the HTTP API (`--api-socket`), if anywhere.
     pub api_socket: Option<PathBuf>,
+    /// PCIe root ports with a hot-plug slot each (0: no hotplug).
+    pub hotplug_slots: u8,
 }
+
+/// Most hotplug slots (root ports) a VM may have.
+pub const MAX_HOTPLUG_SLOTS: u8 = 8;
+/// Hotplug slots when the VM has an API socket and `--hotplug-slots` is not given.
+pub const DEFAULT_HOTPLUG_SLOTS_WITH_API: u8 = 4;
 
 /// Host facts that bound a configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +200,9 @@ pub struct HostLimits {
 impl VmConfig {
     /// Checks the configuration against itself and the host's limits.
     pub fn validate(&self, host: &HostLimits) -> Result<(), ConfigError> {
+        if self.hotplug_slots > MAX_HOTPLUG_SLOTS {
+            return Err(ConfigError::TooManyHotplugSlots(self.hotplug_slots));
+        }
         if self.vcpus == 0 {
             return Err(ConfigError::NoVcpus);
         }
@@ -241,6 +254,7 @@ mod tests {
             rng: false,
             devices: Vec::new(),
             api_socket: None,
+            hotplug_slots: 0,
         }
     }
 

@@ -38,6 +38,7 @@ const FEATURES: &[&str] = &[
     "virtio-blk",
     "virtio-rng",
     "pause",
+    "pcie-hotplug",
 ];
 
 /// Carries out API requests on the running VM.
@@ -176,6 +177,7 @@ fn config_info(c: &VmConfig) -> VmConfigInfo {
             })
             .collect(),
         rng: c.rng,
+        hotplug_slots: c.hotplug_slots,
     }
 }
 
@@ -258,6 +260,7 @@ mod tests {
             rng: true,
             devices: vec![],
             api_socket: None,
+            hotplug_slots: 0,
         };
         let (_, map) = crate::machine::layout::plan_ram(64 << 20, vec![]).unwrap();
         let hotplug = NoHotplug {

@@ -8,7 +8,7 @@
 //!
 //! Lock order: `InterruptManager::table` is the only lock; routing calls happen under it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -67,12 +67,16 @@ struct Table {
     /// MSI routes, one per GSI.
     msi: BTreeMap<u32, Route>,
     next_gsi: u32,
+    /// GSIs below `next_gsi` given back by dropped groups, reused lowest first (hotplug
+    /// cycles must not grow the GSI space).
+    free: BTreeSet<u32>,
 }
 
 /// Owns the GSI space and the routing table of one VM.
 pub struct InterruptManager {
     hv: Arc<dyn IrqRouting>,
     table: Mutex<Table>,
+    first_gsi: u32,
     max_gsi: u32,
 }
 
@@ -91,7 +95,9 @@ impl InterruptManager {
                 legacy: legacy.to_vec(),
                 msi: BTreeMap::new(),
                 next_gsi: first_gsi,
+                free: BTreeSet::new(),
             }),
+            first_gsi,
             max_gsi,
         }
     }
@@ -115,28 +121,42 @@ impl InterruptManager {
     ) -> Result<MsiGroup, InterruptManagerError> {
         let gsis = {
             let mut t = self.lock();
-            let first = t.next_gsi;
-            let end = first
-                .checked_add(u32::from(count))
+            let reused = t.free.len().min(usize::from(count));
+            let fresh = u32::from(count) - reused as u32;
+            let end = t
+                .next_gsi
+                .checked_add(fresh)
                 .filter(|e| *e <= self.max_gsi)
                 .ok_or(InterruptManagerError::NoGsi(count as usize, self.max_gsi))?;
+            let mut gsis: Vec<u32> = (0..reused).filter_map(|_| t.free.pop_first()).collect();
+            gsis.extend(t.next_gsi..end);
             t.next_gsi = end;
-            (first..end).collect::<Vec<u32>>()
+            gsis
         };
-        let mut vectors = Vec::with_capacity(gsis.len());
-        for gsi in gsis {
-            let fd = EventFd::new(EFD_NONBLOCK).map_err(InterruptManagerError::EventFd)?;
-            // An irqfd on a GSI with no route injects nothing: that is "disabled".
-            self.hv
-                .register_irqfd(&fd, gsi)
-                .map_err(InterruptManagerError::Kvm)?;
-            vectors.push(Vector { gsi, fd });
-        }
-        Ok(MsiGroup {
+        // From here the group owns the GSIs: dropping it (also half built) gives them back.
+        let mut group = MsiGroup {
             mgr: self.clone(),
-            vectors,
+            vectors: Vec::with_capacity(gsis.len()),
             devid,
-        })
+            // Popped from the back: irqfds are registered lowest GSI first.
+            unregistered: gsis.into_iter().rev().collect(),
+        };
+        while let Some(gsi) = group.unregistered.pop() {
+            let fd = match EventFd::new(EFD_NONBLOCK) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    group.unregistered.push(gsi);
+                    return Err(InterruptManagerError::EventFd(e));
+                }
+            };
+            // An irqfd on a GSI with no route injects nothing: that is "disabled".
+            if let Err(e) = self.hv.register_irqfd(&fd, gsi) {
+                group.unregistered.push(gsi);
+                return Err(InterruptManagerError::Kvm(e));
+            }
+            group.vectors.push(Vector { gsi, fd });
+        }
+        Ok(group)
     }
 
     fn set_route(&self, gsi: u32, route: Option<Route>) -> io::Result<()> {
@@ -159,6 +179,20 @@ impl InterruptManager {
         result
     }
 
+    /// GSIs handed out to groups now (for tests and diagnostics).
+    pub fn gsis_in_use(&self) -> usize {
+        let t = self.lock();
+        (t.next_gsi - self.first_gsi()) as usize - t.free.len()
+    }
+
+    fn first_gsi(&self) -> u32 {
+        self.first_gsi
+    }
+
+    fn give_back(&self, gsis: impl IntoIterator<Item = u32>) {
+        self.lock().free.extend(gsis);
+    }
+
     /// The routes currently installed (for tests and diagnostics).
     pub fn routes(&self) -> Vec<(u32, Route)> {
         Self::all_routes(&self.lock())
@@ -176,6 +210,8 @@ pub struct MsiGroup {
     mgr: Arc<InterruptManager>,
     vectors: Vec<Vector>,
     devid: Option<u32>,
+    /// GSIs allocated but without an irqfd yet (only while the group is built).
+    unregistered: Vec<u32>,
 }
 
 impl MsiGroup {
@@ -229,6 +265,12 @@ impl Drop for MsiGroup {
                 log::warn!("cannot remove the route of GSI {}: {e}", v.gsi);
             }
         }
+        self.mgr.give_back(
+            self.vectors
+                .iter()
+                .map(|v| v.gsi)
+                .chain(self.unregistered.drain(..)),
+        );
     }
 }
 
@@ -321,18 +363,23 @@ pub mod kvm {
     }
 }
 
+/// A recording [`IrqRouting`] for tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_utils {
     use super::*;
 
+    /// Records routing tables and irqfds.
     #[derive(Default)]
-    struct Fake {
-        tables: Mutex<Vec<Vec<(u32, Route)>>>,
-        irqfds: Mutex<Vec<u32>>,
-        fail_routes: std::sync::atomic::AtomicBool,
+    pub struct FakeRouting {
+        /// Every table set.
+        pub tables: Mutex<Vec<Vec<(u32, Route)>>>,
+        /// GSIs with an irqfd.
+        pub irqfds: Mutex<Vec<u32>>,
+        /// Fail set_routes.
+        pub fail_routes: std::sync::atomic::AtomicBool,
     }
 
-    impl IrqRouting for Fake {
+    impl IrqRouting for FakeRouting {
         fn set_routes(&self, routes: &[(u32, Route)]) -> io::Result<()> {
             if self.fail_routes.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(io::Error::from_raw_os_error(libc::EINVAL));
@@ -349,6 +396,13 @@ mod tests {
             Ok(())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::test_utils::FakeRouting as Fake;
 
     const LEGACY: [(u32, Route); 1] = [(4, Route::Irqchip { chip: 2, pin: 4 })];
 
@@ -438,6 +492,30 @@ mod tests {
         assert_eq!(g.notifier(1).unwrap().read().unwrap(), 1);
         assert!(g.notifier(0).unwrap().read().is_err()); // nothing pending (EAGAIN)
         assert!(g.trigger(5).is_err());
+    }
+
+    #[test]
+    fn dropped_groups_give_their_gsis_back() {
+        let (_fake, mgr) = setup();
+        let a = mgr.msi_group(3, None).unwrap();
+        let b = mgr.msi_group(2, None).unwrap();
+        assert_eq!(mgr.gsis_in_use(), 5);
+        drop(a);
+        assert_eq!(mgr.gsis_in_use(), 2);
+        // Reused lowest first, then fresh ones.
+        let c = mgr.msi_group(4, None).unwrap();
+        assert_eq!(
+            (0..4).map(|i| c.gsi(i).unwrap()).collect::<Vec<_>>(),
+            vec![24, 25, 26, 29]
+        );
+        drop((b, c));
+        assert_eq!(mgr.gsis_in_use(), 0);
+        // Cycles do not grow the space: 32 - 24 = 8 GSIs suffice forever.
+        for _ in 0..20 {
+            let g = mgr.msi_group(8, None).unwrap();
+            assert!(mgr.msi_group(1, None).is_err());
+            drop(g);
+        }
     }
 
     #[test]

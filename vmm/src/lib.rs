@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod device_hotplug;
+pub mod hotplug;
 pub mod interrupts;
 #[cfg(target_arch = "x86_64")]
 pub mod loader;

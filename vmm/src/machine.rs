@@ -56,6 +56,11 @@ mod x86_64 {
     pub const FIRST_MSI_GSI: u32 = 24;
     /// Whether MSI routes carry a DeviceID (no: the LAPIC does not need one).
     pub const MSI_NEEDS_DEVID: bool = false;
+    /// Bytes of each hotplug root port's memory and prefetchable window, both from the
+    /// 32-bit PCI window (x86 has no 64-bit one yet).
+    pub const HOTPLUG_PORT_WINDOWS: (u64, u64) = (8 << 20, 32 << 20);
+    /// Size of the ECAM region.
+    pub const ECAM_SIZE: u64 = layout::ECAM_SIZE;
 
     /// Nothing arch-specific survives setup on x86_64.
     pub struct ArchState;
@@ -194,6 +199,11 @@ mod aarch64 {
     pub const FIRST_MSI_GSI: u32 = gic::FIRST_MSI_GSI;
     /// MSI routes carry the ITS DeviceID (KVM_MSI_VALID_DEVID).
     pub const MSI_NEEDS_DEVID: bool = true;
+    /// Bytes of each hotplug root port's memory window (32-bit PCI window) and
+    /// prefetchable window (64-bit PCI window, big enough for large device BARs).
+    pub const HOTPLUG_PORT_WINDOWS: (u64, u64) = (8 << 20, 4 << 30);
+    /// Size of the ECAM region.
+    pub const ECAM_SIZE: u64 = layout::PCI_ECAM_SIZE;
 
     /// The GIC and ITS device fds, which must live as long as the VM.
     pub struct ArchState {
@@ -278,5 +288,36 @@ mod aarch64 {
         )
         .map_err(|e| BuilderError::Arch(e.to_string()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MAX_HOTPLUG_SLOTS;
+    use devices::pci::{PciBdf, PciRoot};
+
+    /// The most root ports the CLI allows get their windows, leave room below 4 GiB for the
+    /// other devices' BARs, and their buses lie inside the ECAM the guest is told about.
+    #[test]
+    fn hotplug_ports_fit_the_layout() {
+        let (windows, _) = pci_windows();
+        let mut root = PciRoot::new(&windows).unwrap();
+        for _ in 0..MAX_HOTPLUG_SLOTS {
+            let mem = root.reserve_window(false, HOTPLUG_PORT_WINDOWS.0).unwrap();
+            let pref = root.reserve_window(true, HOTPLUG_PORT_WINDOWS.1).unwrap();
+            assert!(mem.end <= 1 << 32);
+            assert_eq!(mem.start % (1 << 20), 0);
+            assert_eq!(pref.start % (1 << 20), 0);
+        }
+        let left = root
+            .reserve_window(false, 64 << 20)
+            .expect("64 MiB of 32-bit BAR space left");
+        assert!(left.end <= 1 << 32);
+        let last = PciBdf::new(MAX_HOTPLUG_SLOTS, 0, 0).unwrap();
+        assert!(
+            u64::from(last.bus()) < ECAM_SIZE >> 20,
+            "bus {last} outside ECAM"
+        );
     }
 }

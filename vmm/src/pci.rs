@@ -1,6 +1,8 @@
 //! The VMM's PCI segment: the root complex on the I/O buses (ECAM, and 0xCF8 on x86), its
-//! devices' MSI-X vectors on the interrupt manager, and the emulated virtio devices with
-//! their queue-notify ioeventfds, which follow the virtio BAR when the guest moves it.
+//! devices' MSI-X vectors on the interrupt manager, the emulated virtio devices with
+//! their queue-notify ioeventfds, which follow the virtio BAR when the guest moves it, and
+//! the PCIe root ports with hot-plug slots (`--hotplug-slots`), each on its own bus with a
+//! slice of the PCI windows.
 //!
 //! What this module does not do: config-space semantics (devices::pci) or device models
 //! (devices::virtio).
@@ -18,13 +20,18 @@ use devices::pci::{
 #[cfg(target_arch = "x86_64")]
 use devices::pci::{PciConfigIo, PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT_LEN};
 use devices::virtio::{VirtioDevice, VirtioPciDevice};
-use devices::{Block, Bus, DiskConfig, Rng};
+use devices::{Block, Bus, Rng};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_memory::GuestMemoryMmap;
 
+use crate::device_hotplug::{DeviceHotplug, DeviceInfo, NoHotplug};
+use crate::hotplug::{HotplugTimeouts, PciHotplug};
 use crate::interrupts::InterruptManager;
-use crate::vfio::{AttachedPassthrough, PassthroughPlan};
-use passthrough::vfio_pci::VfioPciFunction;
+use crate::vfio::{
+    follow_bar_move, kvm_vfio_factory, mem_slot_base, HostDevices, KvmMemslots, Passthrough,
+    PassthroughFunctions, PassthroughPlan,
+};
+use devices::pci::{RootPort, RootPortWindows};
 
 /// The slot of the first passed-through function (after the host bridge at 00.0).
 pub const FIRST_PASSTHROUGH_SLOT: u8 = 1;
@@ -61,22 +68,45 @@ pub enum PciError {
         "PCI device placed at {0}, expected {1}: its MSI routes would carry the wrong DeviceID"
     )]
     UnexpectedSlot(PciBdf, PciBdf),
+    /// A root port could not be built.
+    #[error("PCI: {0}")]
+    RootPort(#[from] devices::pci::RootPortError),
     /// A bus range was taken.
     #[error("PCI: {0}")]
     Bus(#[from] devices::BusError),
 }
 
 type VirtioDevices = Arc<Mutex<HashMap<PciBdf, Arc<Mutex<VirtioPciDevice>>>>>;
-type PassthroughFunctions = Arc<Mutex<HashMap<PciBdf, Arc<Mutex<VfioPciFunction>>>>>;
+
+/// What the PCI segment is built with, besides the VM.
+pub struct PciSegmentConfig<'a> {
+    /// The PCI windows.
+    pub windows: &'a PciWindows,
+    /// ECAM base and size (the size covers every bus the root ports may use).
+    pub ecam: (u64, u64),
+    /// MSI routes carry the function's requester ID as ITS DeviceID (aarch64).
+    pub msi_devid: bool,
+    /// The devices to pass through at start.
+    pub passthrough: Option<PassthroughPlan>,
+    /// The virtio-blk disks.
+    pub disks: &'a [devices::DiskConfig],
+    /// A virtio-rng device.
+    pub rng: bool,
+    /// Root ports with a hot-plug slot each.
+    pub hotplug_slots: u8,
+    /// Bytes of the 32-bit and prefetchable window of each root port.
+    pub port_windows: (u64, u64),
+}
 
 /// The PCI segment of a VM. Dropping it first tears down the passed-through devices (in the
 /// passthrough crate's order), then removes the emulated devices' routes and irqfds and
 /// stops their worker threads.
 pub struct PciSegment {
-    passthrough: Option<AttachedPassthrough>,
+    passthrough: Option<Arc<Mutex<Passthrough>>>,
     /// The root complex.
     pub root: Arc<Mutex<PciRoot>>,
     devices: VirtioDevices,
+    ports: usize,
 }
 
 impl PciSegment {
@@ -87,7 +117,53 @@ impl PciSegment {
 
     /// Number of passed-through functions.
     pub fn passthrough_count(&self) -> usize {
-        self.passthrough.as_ref().map_or(0, |p| p.len())
+        self.passthrough
+            .as_ref()
+            .map_or(0, |p| p.lock().unwrap_or_else(|e| e.into_inner()).len())
+    }
+
+    /// Number of root ports with a hot-plug slot.
+    pub fn hotplug_slots(&self) -> usize {
+        self.ports
+    }
+
+    /// What the API's event loop drives: hot-add and removal on the root ports, or, with no
+    /// ports, [`NoHotplug`] listing the cold-plugged devices.
+    pub fn hotplug(
+        &self,
+        mem: &GuestMemoryMmap,
+        irq: &Arc<InterruptManager>,
+        msi_devid: bool,
+    ) -> Box<dyn DeviceHotplug> {
+        match (&self.passthrough, self.ports) {
+            (Some(pt), 1..) => Box::new(PciHotplug::new(
+                self.root.clone(),
+                pt.clone(),
+                irq.clone(),
+                mem.clone(),
+                Box::new(HostDevices::default()),
+                msi_devid,
+                HotplugTimeouts::default(),
+            )),
+            (pt, _) => Box::new(NoHotplug {
+                cold_plugged: pt
+                    .as_ref()
+                    .map(|p| {
+                        p.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .devices()
+                            .iter()
+                            .map(|d| DeviceInfo {
+                                id: d.id.clone(),
+                                bdf: d.guest_bdf.to_string(),
+                                path: d.path.clone(),
+                                iommu: false,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+        }
     }
 }
 
@@ -118,22 +194,27 @@ fn move_notifiers(vm: &VmFd, dev: &Mutex<VirtioPciDevice>, bdf: PciBdf, r: &BarR
     }
 }
 
-/// Builds bus 0 with the passed-through functions (slots 1..) and the emulated devices
-/// after them, and puts its config-space and BAR windows on the VM's buses.
-#[allow(clippy::too_many_arguments)]
+/// Builds bus 0 with the passed-through functions (slots 1..), the emulated devices after
+/// them and the root ports last (port `i` on bus `i + 1`), and puts its config-space and
+/// BAR windows on the VM's buses.
 pub fn create_pci_segment(
     vm: Arc<VmFd>,
     mem: &GuestMemoryMmap,
     irq: &Arc<InterruptManager>,
-    windows: &PciWindows,
-    ecam_base: u64,
-    msi_devid: bool,
-    passthrough: Option<PassthroughPlan>,
-    disks: &[DiskConfig],
-    rng: bool,
+    cfg: PciSegmentConfig<'_>,
     pio: &mut Bus,
     mmio: &mut Bus,
 ) -> Result<PciSegment, PciError> {
+    let PciSegmentConfig {
+        windows,
+        ecam: (ecam_base, ecam_size),
+        msi_devid,
+        passthrough,
+        disks,
+        rng,
+        hotplug_slots,
+        port_windows,
+    } = cfg;
     let mut root = PciRoot::new(windows)?;
     let devices: VirtioDevices = Arc::new(Mutex::new(HashMap::new()));
     let functions: PassthroughFunctions = Arc::new(Mutex::new(HashMap::new()));
@@ -146,35 +227,23 @@ pub fn create_pci_segment(
             if let Some(dev) = dev {
                 move_notifiers(&vm, &dev, bdf, r);
             }
-            let f = functions.lock().ok().and_then(|f| f.get(&bdf).cloned());
-            if let Some(f) = f {
-                // BAR memslots follow the guest's placement.
-                f.lock().unwrap_or_else(|e| e.into_inner()).bar_moved(r);
-            }
+            follow_bar_move(&functions, bdf, r);
         }));
     }
 
     // Passed-through functions take the first slots after the host bridge.
-    let attached = match passthrough {
-        Some(plan) => {
-            let a = plan.attach(
-                vm.clone(),
-                mem,
-                irq,
-                &mut root,
-                FIRST_PASSTHROUGH_SLOT,
-                msi_devid,
-                IO_BARS,
-            )?;
-            functions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(a.functions.iter().map(|(b, f)| (*b, f.clone())));
-            Some(a)
-        }
-        None => None,
-    };
-    let first_virtio_slot = 1 + attached.as_ref().map_or(0, |a| a.len());
+    let mut pt = (passthrough.is_some() || hotplug_slots > 0).then(|| {
+        Passthrough::new(
+            kvm_vfio_factory(vm.clone()),
+            Arc::new(KvmMemslots::new(vm.clone(), mem_slot_base(mem))),
+            IO_BARS,
+            functions.clone(),
+        )
+    });
+    if let (Some(plan), Some(pt)) = (passthrough, pt.as_mut()) {
+        plan.attach(pt, mem, irq, &mut root, FIRST_PASSTHROUGH_SLOT, msi_devid)?;
+    }
+    let first_virtio_slot = 1 + pt.as_ref().map_or(0, |p| p.len());
 
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for d in disks {
@@ -204,12 +273,46 @@ pub fn create_pci_segment(
             .insert(bdf, dev);
     }
 
+    let first_port_slot = first_virtio_slot + devices.lock().map(|d| d.len()).unwrap_or(0);
+    for i in 0..hotplug_slots {
+        let expected = PciBdf::new(0, first_port_slot as u8 + i, 0)
+            .filter(|_| first_port_slot + usize::from(i) < 32)
+            .ok_or(PciError::TooManyDevices)?;
+        let devid = msi_devid.then(|| u32::from(expected.requester_id()));
+        let group: Arc<dyn MsiInterruptGroup> = Arc::new(irq.msi_group(1, devid)?);
+        let windows = RootPortWindows {
+            mem: root.reserve_window(false, port_windows.0)?,
+            pref: root.reserve_window(true, port_windows.1)?,
+        };
+        let port = RootPort::new(i + 1, i + 1, &windows, true, group)?;
+        let (_, bdf) = root.add_root_port(Arc::new(Mutex::new(port)))?;
+        if bdf != expected {
+            return Err(PciError::UnexpectedSlot(bdf, expected));
+        }
+        log::info!(
+            "PCI {bdf}: root port {} with a hot-plug slot, bus {}, windows {:#x}..{:#x} and {:#x}..{:#x} (prefetchable)",
+            i + 1,
+            i + 1,
+            windows.mem.start,
+            windows.mem.end,
+            windows.pref.start,
+            windows.pref.end
+        );
+    }
+
     let windows_devs = root.window_devices();
     let root = Arc::new(Mutex::new(root));
+    // With root ports the whole ECAM: config cycles for any bus reach the root, which routes
+    // them by the bus numbers the guest programmed in the ports (it may renumber them).
+    let ecam_len = if hotplug_slots > 0 {
+        ecam_size
+    } else {
+        ECAM_BUS_SIZE
+    };
     mmio.insert(
         Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
         ecam_base,
-        ECAM_BUS_SIZE,
+        ecam_len,
     )?;
     #[cfg(target_arch = "x86_64")]
     pio.insert(
@@ -226,8 +329,9 @@ pub fn create_pci_segment(
         bus.insert(w.device, w.base, w.len)?;
     }
     Ok(PciSegment {
-        passthrough: attached,
+        passthrough: pt.map(|p| Arc::new(Mutex::new(p))),
         root,
         devices,
+        ports: usize::from(hotplug_slots),
     })
 }

@@ -1,14 +1,20 @@
 //! VFIO passthrough in the VM's life cycle: what must happen before guest RAM is placed
 //! (find each `--device`, open /dev/iommu, read each device's IOVA ranges and reserved
 //! regions), and after the PCI root exists (attach each device to the VM's IOAS and to KVM,
-//! put its function on bus 0, map guest RAM for DMA).
+//! put its function on the PCI root, map guest RAM for DMA).
+//!
+//! [`Passthrough`] is the one owner of a VM's passed-through devices, cold- and
+//! hot-plugged: [`Passthrough::attach`] is the single "attach a device" path (the IOAS is
+//! made for the first device, guest RAM mapped and guarded once), [`Passthrough::remove`]
+//! and [`Passthrough::release_if_idle`] the way back. [`DeviceSource`] is where devices come
+//! from: the host ([`HostDevices`]) or, in tests, the iommufd model with fake VFIO devices.
 //!
 //! The device model and every iommufd/VFIO step are in the passthrough crate; this module
 //! supplies the VM's side of its boundary traits (KVM memory slots for BAR mmaps, the
 //! interrupt manager's MSI groups) and keeps the teardown order.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,14 +22,14 @@ use devices::pci::{MsiInterruptGroup, PciBdf, PciRoot};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use passthrough::device_spec::{locate_all, DeviceSpec, LocatedDevice};
-use passthrough::hypervisor::{GuestMemslots, KernelKvmVfio, MemslotId};
+use passthrough::hypervisor::{GuestMemslots, KvmVfio, MemslotId};
 use passthrough::memlock::MemlockLimit;
 use passthrough::memory_map::DeviceRanges;
 use passthrough::passthrough_device::{
-    open_iommufd, KernelOpener, PassthroughDevice, VmPassthrough,
+    open_iommufd, KernelOpener, PassthroughDevice, VfioOpener, VmPassthrough,
 };
-use passthrough::ram_dma::{GuestRam, GuestRamDma, RamDmaError, SharedIommufd, VmIoas};
-use passthrough::vfio_pci::VfioPciFunction;
+use passthrough::ram_dma::{lock, GuestRam, GuestRamDma, RamDmaError, SharedIommufd, VmIoas};
+use passthrough::vfio_pci::{InterruptGroupFactory, VfioPciFunction};
 use passthrough::{probe_ranges, HostVirtAddr, Sysfs};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
@@ -57,11 +63,85 @@ pub enum VfioError {
     /// The PCI root refused the function.
     #[error("--device {0}: {1}")]
     Root(String, devices::pci::PciRootError),
+    /// A device was not found.
+    #[error("{0}: no such device")]
+    NotFound(String),
+    /// No iommufd was opened for the VM.
+    #[error("{0}: the VM has no iommufd (internal error: the device source did not open one)")]
+    NoIommufd(String),
     /// The root put the function somewhere else than its MSI DeviceID assumed.
     #[error(
         "--device {0}: placed at {1}, expected {2}: its MSI routes would carry the wrong DeviceID"
     )]
     UnexpectedSlot(String, PciBdf, PciBdf),
+}
+
+/// Functions by the address their BAR moves are reported under (their bus-0 address, or
+/// for a hot-plugged function its root port's), for the PCI root's BAR-move callback.
+pub type PassthroughFunctions = Arc<Mutex<HashMap<PciBdf, Arc<Mutex<VfioPciFunction>>>>>;
+
+/// Follows a BAR move the PCI root reports under `bdf` with the passed-through function's
+/// memory slots (for the root's BAR-move callback).
+pub fn follow_bar_move(
+    functions: &PassthroughFunctions,
+    bdf: PciBdf,
+    r: &devices::pci::BarReprogram,
+) {
+    let f = functions.lock().ok().and_then(|f| f.get(&bdf).cloned());
+    if let Some(f) = f {
+        // BAR memslots follow the guest's placement.
+        f.lock().unwrap_or_else(|e| e.into_inner()).bar_moved(r);
+    }
+}
+
+/// Where passthrough devices come from, and how their host ranges are read.
+pub trait DeviceSource: Send {
+    /// The iommufd to use for `devices` (opened on first use).
+    fn iommufd(&mut self, devices: &[LocatedDevice]) -> Result<SharedIommufd, VfioError>;
+    /// Finds the VFIO cdev of `spec`.
+    fn locate(&mut self, spec: &DeviceSpec) -> Result<LocatedDevice, VfioError>;
+    /// Reads the IOVA ranges (attached to a scratch IOAS) and reserved regions of `dev`.
+    fn probe(
+        &mut self,
+        iommufd: &SharedIommufd,
+        dev: &LocatedDevice,
+    ) -> Result<DeviceRanges, VfioError>;
+    /// Opens located devices.
+    fn opener(&mut self) -> &mut dyn VfioOpener;
+}
+
+/// The host's devices: sysfs, `/dev/vfio/devices`, `/dev/iommu`.
+#[derive(Debug, Default)]
+pub struct HostDevices {
+    opener: KernelOpener,
+}
+
+impl DeviceSource for HostDevices {
+    fn iommufd(&mut self, devices: &[LocatedDevice]) -> Result<SharedIommufd, VfioError> {
+        Ok(Arc::new(Mutex::new(open_iommufd(
+            Path::new(IOMMUFD),
+            devices,
+        )?)))
+    }
+
+    fn locate(&mut self, spec: &DeviceSpec) -> Result<LocatedDevice, VfioError> {
+        let mut found = locate_all(std::slice::from_ref(spec), Path::new(VFIO_DEV_ROOT))?;
+        found.pop().ok_or_else(|| VfioError::NotFound(spec.name()))
+    }
+
+    fn probe(
+        &mut self,
+        iommufd: &SharedIommufd,
+        dev: &LocatedDevice,
+    ) -> Result<DeviceRanges, VfioError> {
+        let mut fd = lock(iommufd);
+        probe_ranges(&mut *fd, &Sysfs::host(), &dev.pci)
+            .map_err(|e| VfioError::Probe(dev.name.clone(), e))
+    }
+
+    fn opener(&mut self) -> &mut dyn VfioOpener {
+        &mut self.opener
+    }
 }
 
 /// The devices to pass through, found and probed before guest RAM is placed.
@@ -83,18 +163,15 @@ impl PassthroughPlan {
             .map(|s| s.parse::<DeviceSpec>())
             .collect::<Result<Vec<_>, _>>()?;
         let located = locate_all(&specs, Path::new(VFIO_DEV_ROOT))?;
-        let mut fd = open_iommufd(Path::new(IOMMUFD), &located)?;
-        let sysfs = Sysfs::host();
+        let mut source = HostDevices::default();
+        let iommufd = source.iommufd(&located)?;
         let mut ranges = Vec::with_capacity(located.len());
         for d in &located {
-            ranges.push(
-                probe_ranges(&mut fd, &sysfs, &d.pci)
-                    .map_err(|e| VfioError::Probe(d.name.clone(), e))?,
-            );
+            ranges.push(source.probe(&iommufd, d)?);
         }
         Ok(Some(PassthroughPlan {
             located,
-            iommufd: Arc::new(Mutex::new(fd)),
+            iommufd,
             ranges,
         }))
     }
@@ -104,47 +181,21 @@ impl PassthroughPlan {
         self.ranges.clone()
     }
 
-    /// The devices as the API lists them, on the slots [`Self::attach`] gives them from
-    /// `first_slot` on.
-    pub fn device_infos(&self, first_slot: u8) -> Vec<crate::device_hotplug::DeviceInfo> {
-        self.located
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| {
-                let bdf = PciBdf::new(0, first_slot.checked_add(i as u8)?, 0)?;
-                Some(crate::device_hotplug::DeviceInfo {
-                    id: d.name.clone(),
-                    bdf: bdf.to_string(),
-                    path: d.spec.path.clone(),
-                    iommu: false,
-                })
-            })
-            .collect()
-    }
-
-    /// Attaches every device to a new IOAS and to KVM, puts its function on `root` (from
-    /// slot `first_slot` on, in order), and maps guest RAM for DMA. `msi_devid`: MSI routes
-    /// carry the function's requester ID as ITS DeviceID (aarch64).
-    #[allow(clippy::too_many_arguments)]
+    /// Attaches every device through `pt` (see [`Passthrough::attach`]), puts its function
+    /// on `root` (from slot `first_slot` on, in order), and maps guest RAM for DMA.
+    /// `msi_devid`: MSI routes carry the function's requester ID as ITS DeviceID (aarch64).
     pub fn attach(
         self,
-        vm: Arc<VmFd>,
+        pt: &mut Passthrough,
         mem: &GuestMemoryMmap,
         irq: &Arc<InterruptManager>,
         root: &mut PciRoot,
         first_slot: u8,
         msi_devid: bool,
-        io_bars: bool,
-    ) -> Result<AttachedPassthrough, VfioError> {
+    ) -> Result<(), VfioError> {
         let t0 = std::time::Instant::now();
-        let ioas = VmIoas::new(self.iommufd.clone())?;
-        let kvm = Arc::new(KernelKvmVfio::new(&vm).map_err(VfioError::KvmVfio)?);
-        let memslots = Arc::new(KvmMemslots::new(vm, mem_slot_base(mem)));
-        let mut ctx = VmPassthrough::new(self.iommufd.clone(), ioas.id(), kvm, memslots);
-        ctx.options.io_bars = io_bars;
-
-        let mut devices = Vec::with_capacity(self.located.len());
-        let mut functions = HashMap::new();
+        pt.use_iommufd(self.iommufd.clone());
+        let mut opener = KernelOpener;
         for (i, d) in self.located.iter().enumerate() {
             let expected = PciBdf::new(0, first_slot + i as u8, 0).ok_or_else(|| {
                 VfioError::Root(d.name.clone(), devices::pci::PciRootError::NoFreeSlot)
@@ -155,15 +206,7 @@ impl PassthroughPlan {
                     .map(|g| Arc::new(g) as Arc<dyn MsiInterruptGroup>)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             };
-            let pt = PassthroughDevice::attach(d, &ctx, &mut KernelOpener, &mut groups)?;
-            let Some(f) = pt.function() else {
-                // attach() returns with the function in place; treat anything else as a bug
-                // in the device model rather than crash.
-                return Err(VfioError::Root(
-                    d.name.clone(),
-                    devices::pci::PciRootError::NoFreeSlot,
-                ));
-            };
+            let (device, f) = pt.attach(d, &mut opener, &mut groups)?;
             let bdf = root
                 .add_device(f.clone())
                 .map_err(|e| VfioError::Root(d.name.clone(), e))?;
@@ -171,72 +214,268 @@ impl PassthroughPlan {
                 return Err(VfioError::UnexpectedSlot(d.name.clone(), bdf, expected));
             }
             log::info!("PCI {bdf}: passthrough of {} ({})", d.name, d.pci.bdf);
-            functions.insert(bdf, f);
-            devices.push(pt);
+            pt.adopt(AttachedDevice {
+                id: d.name.clone(),
+                path: d.spec.path.clone(),
+                key: bdf,
+                guest_bdf: bdf,
+                port: None,
+                device,
+                function: f,
+            });
         }
+        let attached_at = t0.elapsed();
         let who = self
             .located
             .iter()
             .map(|d| format!("--device {}", d.name))
             .collect::<Vec<_>>()
             .join(", ");
-        let attached_at = t0.elapsed();
-        let limit = MemlockLimit::current().map_err(VfioError::Memlock)?;
-        let ram = GuestRam::from_memory_files(mem);
-        let ram_bytes: u64 = ram.iter().map(|r| r.size).sum();
         let t1 = std::time::Instant::now();
-        let mut how = if GuestRam::any_file(&ram) {
-            "memfd, IOMMU_IOAS_MAP_FILE"
-        } else {
-            "anonymous, IOMMU_IOAS_MAP"
-        };
-        let dma = match GuestRamDma::map(self.iommufd.clone(), ioas.id(), &ram, &limit, &who) {
-            // Kernels before 6.13 have no MAP_FILE: map the same memory by address instead.
-            Err(RamDmaError::Map { source, .. })
-                if GuestRam::any_file(&ram) && source.errno() == libc::ENOTTY =>
-            {
-                log::info!("passthrough: no IOMMU_IOAS_MAP_FILE in this kernel; mapping guest RAM by address");
-                how = "memfd, IOMMU_IOAS_MAP (no MAP_FILE)";
-                GuestRamDma::map(
-                    self.iommufd.clone(),
-                    ioas.id(),
-                    &GuestRam::from_memory(mem),
-                    &limit,
-                    &who,
-                )?
-            }
-            other => other?,
-        };
+        let (ram_bytes, how) = pt.map_ram(mem, &who)?;
         log::info!(
             "passthrough: {} device(s) attached in {:.1} ms; {} MiB of guest RAM mapped for DMA in {:.1} ms ({})",
-            devices.len(),
+            self.located.len(),
             attached_at.as_secs_f64() * 1e3,
             ram_bytes >> 20,
             t1.elapsed().as_secs_f64() * 1e3,
             how,
         );
-        Ok(AttachedPassthrough {
-            dma: Some(dma),
-            devices,
-            functions,
-            _ioas: ioas,
-            _iommufd: self.iommufd,
-        })
+        Ok(())
     }
 }
 
-/// Passed-through devices of a running VM. Fields drop in order: RAM DMA mappings, the
-/// devices (detach, unbind, KVM remove, close), the IOAS, the iommufd.
-pub struct AttachedPassthrough {
-    dma: Option<GuestRamDma>,
-    devices: Vec<PassthroughDevice>,
-    /// Functions by guest BDF, for BAR moves.
-    pub functions: HashMap<PciBdf, Arc<Mutex<VfioPciFunction>>>,
-    _ioas: VmIoas,
-    _iommufd: SharedIommufd,
+/// Makes the VM's KVM-VFIO device (`KVM_CREATE_DEVICE`).
+pub type KvmVfioFactory = Box<dyn Fn() -> std::io::Result<Arc<dyn KvmVfio>> + Send>;
+
+/// The factory for a KVM VM.
+pub fn kvm_vfio_factory(vm: Arc<VmFd>) -> KvmVfioFactory {
+    Box::new(move || {
+        passthrough::hypervisor::KernelKvmVfio::new(&vm).map(|k| Arc::new(k) as Arc<dyn KvmVfio>)
+    })
 }
 
-impl AttachedPassthrough {
+/// A passed-through device of a running VM.
+pub struct AttachedDevice {
+    /// Its id, unique in the VM.
+    pub id: String,
+    /// The host device's sysfs directory.
+    pub path: PathBuf,
+    /// The address its BAR moves are reported under (see [`PassthroughFunctions`]).
+    pub key: PciBdf,
+    /// Where the guest saw it when it was attached.
+    pub guest_bdf: PciBdf,
+    /// The root port it is plugged into, if hot-plugged.
+    pub port: Option<usize>,
+    /// The device (teardown on drop).
+    pub device: PassthroughDevice,
+    /// Its function, as the PCI root holds it.
+    pub function: Arc<Mutex<VfioPciFunction>>,
+}
+
+/// Every passed-through device of a VM and what they share: the iommufd, the IOAS and
+/// guest RAM mapped into it. Fields drop in order: RAM DMA mappings, the devices (detach,
+/// unbind, KVM remove, close), the IOAS, the iommufd.
+///
+/// The IOAS and the RAM mappings exist while at least one device does (cold-plugged
+/// devices keep them for the VM's life): a device coming or going never unmaps RAM that
+/// another device still uses.
+pub struct Passthrough {
+    dma: Option<GuestRamDma>,
+    devices: Vec<AttachedDevice>,
+    ctx: Option<VmPassthrough>,
+    ioas: Option<VmIoas>,
+    iommufd: Option<SharedIommufd>,
+    kvm: Option<Arc<dyn KvmVfio>>,
+    make_kvm: KvmVfioFactory,
+    memslots: Arc<dyn GuestMemslots>,
+    io_bars: bool,
+    functions: PassthroughFunctions,
+}
+
+impl Passthrough {
+    /// No devices yet. `make_kvm` makes the VM's KVM-VFIO device when the first device
+    /// comes (it then stays for the VM's life); `memslots` are the VM's; `io_bars`:
+    /// functions show I/O BARs (x86); `functions` is shared with the PCI root's BAR-move
+    /// callback.
+    pub fn new(
+        make_kvm: KvmVfioFactory,
+        memslots: Arc<dyn GuestMemslots>,
+        io_bars: bool,
+        functions: PassthroughFunctions,
+    ) -> Self {
+        Passthrough {
+            dma: None,
+            devices: Vec::new(),
+            ctx: None,
+            ioas: None,
+            iommufd: None,
+            kvm: None,
+            make_kvm,
+            memslots,
+            io_bars,
+            functions,
+        }
+    }
+
+    /// Uses `fd` as the VM's iommufd unless it has one.
+    pub fn use_iommufd(&mut self, fd: SharedIommufd) {
+        self.iommufd.get_or_insert(fd);
+    }
+
+    /// The VM's iommufd, once a device brought one.
+    pub fn iommufd(&self) -> Option<&SharedIommufd> {
+        self.iommufd.as_ref()
+    }
+
+    /// The shared "attach a device" step: makes the IOAS if this is the first device, then
+    /// opens, registers with KVM, binds, attaches and resets `d` and builds its function.
+    /// The caller puts the function on the PCI root and hands both to [`Passthrough::adopt`].
+    /// On failure, with no device present, the IOAS goes again.
+    pub fn attach(
+        &mut self,
+        d: &LocatedDevice,
+        opener: &mut dyn VfioOpener,
+        groups: &mut InterruptGroupFactory<'_>,
+    ) -> Result<(PassthroughDevice, Arc<Mutex<VfioPciFunction>>), VfioError> {
+        let attached = self.attach_now(d, opener, groups);
+        if attached.is_err() {
+            self.release_if_idle();
+        }
+        attached
+    }
+
+    fn attach_now(
+        &mut self,
+        d: &LocatedDevice,
+        opener: &mut dyn VfioOpener,
+        groups: &mut InterruptGroupFactory<'_>,
+    ) -> Result<(PassthroughDevice, Arc<Mutex<VfioPciFunction>>), VfioError> {
+        let ctx = self.ensure_ioas(&d.name)?;
+        let device = PassthroughDevice::attach(d, ctx, opener, groups)?;
+        match device.function() {
+            Some(f) => Ok((device, f)),
+            // attach() returns with the function in place; treat anything else as a bug in
+            // the device model rather than crash.
+            None => Err(VfioError::Root(
+                d.name.clone(),
+                devices::pci::PciRootError::NoFreeSlot,
+            )),
+        }
+    }
+
+    /// The device context, with the IOAS (and the KVM-VFIO device) made if there is none.
+    fn ensure_ioas(&mut self, who: &str) -> Result<&VmPassthrough, VfioError> {
+        if self.ctx.is_none() {
+            let Some(iommufd) = self.iommufd.clone() else {
+                return Err(VfioError::NoIommufd(who.to_string()));
+            };
+            let kvm = match &self.kvm {
+                Some(k) => k.clone(),
+                None => self
+                    .kvm
+                    .insert((self.make_kvm)().map_err(VfioError::KvmVfio)?)
+                    .clone(),
+            };
+            let ioas = VmIoas::new(iommufd.clone())?;
+            let mut ctx = VmPassthrough::new(iommufd, ioas.id(), kvm, self.memslots.clone());
+            ctx.options.io_bars = self.io_bars;
+            self.ioas = Some(ioas);
+            self.ctx = Some(ctx);
+        }
+        self.ctx
+            .as_ref()
+            .ok_or_else(|| VfioError::NoIommufd(who.to_string()))
+    }
+
+    /// Records a device whose function is on the PCI root.
+    pub fn adopt(&mut self, dev: AttachedDevice) {
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dev.key, dev.function.clone());
+        self.devices.push(dev);
+    }
+
+    /// Maps guest RAM for DMA and guards it (making the IOAS first if there is none),
+    /// unless it is mapped already. Returns the bytes and how it was mapped. On failure,
+    /// with no device present, the IOAS goes again.
+    pub fn map_ram(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        who: &str,
+    ) -> Result<(u64, &'static str), VfioError> {
+        let ram = GuestRam::from_memory_files(mem);
+        let ram_bytes: u64 = ram.iter().map(|r| r.size).sum();
+        if self.dma.is_some() {
+            return Ok((ram_bytes, "already mapped"));
+        }
+        let mapped = self.map_ram_now(mem, &ram, who);
+        if mapped.is_err() {
+            self.release_if_idle();
+        }
+        mapped.map(|how| (ram_bytes, how))
+    }
+
+    fn map_ram_now(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        ram: &[GuestRam<'_>],
+        who: &str,
+    ) -> Result<&'static str, VfioError> {
+        self.ensure_ioas(who)?;
+        let (Some(iommufd), Some(ioas)) =
+            (self.iommufd.clone(), self.ioas.as_ref().map(|i| i.id()))
+        else {
+            return Err(VfioError::NoIommufd(who.to_string()));
+        };
+        let limit = MemlockLimit::current().map_err(VfioError::Memlock)?;
+        let mut how = if GuestRam::any_file(ram) {
+            "memfd, IOMMU_IOAS_MAP_FILE"
+        } else {
+            "anonymous, IOMMU_IOAS_MAP"
+        };
+        let dma = match GuestRamDma::map(iommufd.clone(), ioas, ram, &limit, who) {
+            // Kernels before 6.13 have no MAP_FILE: map the same memory by address instead.
+            Err(RamDmaError::Map { source, .. })
+                if GuestRam::any_file(ram) && source.errno() == libc::ENOTTY =>
+            {
+                log::info!("passthrough: no IOMMU_IOAS_MAP_FILE in this kernel; mapping guest RAM by address");
+                how = "memfd, IOMMU_IOAS_MAP (no MAP_FILE)";
+                GuestRamDma::map(iommufd, ioas, &GuestRam::from_memory(mem), &limit, who)?
+            }
+            other => other?,
+        };
+        self.dma = Some(dma);
+        Ok(how)
+    }
+
+    /// Takes the device `id` out of the set (the caller drops it, which tears it down).
+    pub fn remove(&mut self, id: &str) -> Option<AttachedDevice> {
+        let i = self.devices.iter().position(|d| d.id == id)?;
+        let dev = self.devices.remove(i);
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&dev.key);
+        Some(dev)
+    }
+
+    /// With no device left, unmaps guest RAM and destroys the IOAS (the iommufd stays
+    /// open). Does nothing while any device remains.
+    pub fn release_if_idle(&mut self) {
+        if self.devices.is_empty() {
+            self.dma = None;
+            self.ctx = None;
+            self.ioas = None;
+        }
+    }
+
+    /// The devices.
+    pub fn devices(&self) -> &[AttachedDevice] {
+        &self.devices
+    }
+
     /// Number of passed-through devices.
     pub fn len(&self) -> usize {
         self.devices.len()
@@ -246,9 +485,14 @@ impl AttachedPassthrough {
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
     }
+
+    /// The VM's IOAS, while there is one.
+    pub fn ioas(&self) -> Option<passthrough::IoasId> {
+        self.ioas.as_ref().map(|i| i.id())
+    }
 }
 
-impl Drop for AttachedPassthrough {
+impl Drop for Passthrough {
     fn drop(&mut self) {
         self.dma.take();
         self.devices.clear();
@@ -256,19 +500,20 @@ impl Drop for AttachedPassthrough {
 }
 
 /// Memory slots after the RAM slots: RAM uses 0..regions.
-fn mem_slot_base(mem: &GuestMemoryMmap) -> u32 {
+pub fn mem_slot_base(mem: &GuestMemoryMmap) -> u32 {
     mem.num_regions() as u32
 }
 
-/// KVM memory slots for BAR mmaps.
-struct KvmMemslots {
+/// KVM memory slots for BAR mmaps; freed slot numbers are reused.
+pub struct KvmMemslots {
     vm: Arc<VmFd>,
     next: AtomicU32,
     free: Mutex<Vec<u32>>,
 }
 
 impl KvmMemslots {
-    fn new(vm: Arc<VmFd>, base: u32) -> Self {
+    /// Slots from `base` on.
+    pub fn new(vm: Arc<VmFd>, base: u32) -> Self {
         KvmMemslots {
             vm,
             next: AtomicU32::new(base),

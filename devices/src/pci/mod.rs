@@ -13,7 +13,13 @@
 //! * [`device`]: [`PciDevice`], the trait every function implements.
 //! * [`bar_dispatch`]: bus adapters from guest addresses to BARs.
 //! * [`host_bridge`]: [`PciHostBridge`] at 00:00.0.
-//! * [`root`]: [`PciRoot`], the slots and the BAR map.
+//! * [`msi`]: [`MsiCapability`], plain MSI with one vector (root ports).
+//! * [`hotplug_slot`]: [`HotplugSlot`], a PCIe hot-plug slot's registers
+//!   and state machine.
+//! * [`pcie_cap`]: [`PcieRootPortCapability`], the PCIe capability of a
+//!   root port.
+//! * [`root_port`]: [`RootPort`], a type 1 function with a hot-plug slot.
+//! * [`root`]: [`PciRoot`], the slots, root port routing and the BAR map.
 //! * [`config_access`]: [`PciConfigMmio`] (ECAM) and [`PciConfigIo`]
 //!   (0xcf8).
 //!
@@ -25,7 +31,8 @@
 //!
 //! What this module does not do: KVM routing and irqfds (the VMM implements
 //! [`MsiInterruptGroup`]), the device tree / ACPI description of the host
-//! bridge, INTx, plain MSI, bridges and hotplug.
+//! bridge, INTx, bridges other than the root ports, and the orchestration
+//! of hotplug (the VMM's).
 
 pub mod bar_alloc;
 pub mod bar_dispatch;
@@ -34,9 +41,13 @@ pub mod config_access;
 pub mod configuration;
 pub mod device;
 pub mod host_bridge;
+pub mod hotplug_slot;
 pub mod interrupt;
+pub mod msi;
 pub mod msix;
+pub mod pcie_cap;
 pub mod root;
+pub mod root_port;
 #[cfg(test)]
 mod test_utils;
 
@@ -52,6 +63,10 @@ pub use configuration::{
 };
 pub use device::PciDevice;
 pub use host_bridge::PciHostBridge;
+pub use hotplug_slot::HotplugSlot;
 pub use interrupt::{InterruptError, MsiInterruptGroup, MsiMessage};
+pub use msi::MsiCapability;
 pub use msix::{MsixConfig, MsixDelivery, MsixError, MsixLayout};
+pub use pcie_cap::PcieRootPortCapability;
 pub use root::{BarMoveCallback, PciRoot, PciRootError, PciWindowDevice};
+pub use root_port::{RootPort, RootPortError, RootPortWindows};

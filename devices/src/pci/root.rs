@@ -28,9 +28,22 @@
 //! bus (write) -> the callback, which must not lock the root. Accesses
 //! through the windows take BAR bus (read) -> device, never the root.
 //!
-//! What this module does not do: hotplug and removal, bridges and buses
-//! other than 0, and PCI INTx routing.
+//! Root ports ([`RootPort`]) sit in bus-0 slots like any function; each
+//! has one hot-plug slot below it, which holds at most one function
+//! ([`PciRoot::plug`], [`PciRoot::unplug`]). Config cycles for other buses
+//! are routed by the bus numbers the guest (or the VMM as firmware)
+//! programmed into the ports: device 0 on a port's secondary bus is the
+//! function in its slot, reachable while the slot's link is up; everything
+//! else there reads all-ones. Moves of a BAR of a function behind a port are
+//! reported to the callback under the port's address (ports have no BARs),
+//! which stays the same when the guest renumbers buses.
+//!
+//! What this module does not do: multi-function devices, bridges below the
+//! root ports, checking a BAR behind a port against the port's windows (it
+//! is checked against the PCI windows like every BAR), and PCI INTx
+//! routing.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::bar_alloc::{BarAllocError, BarAllocator, PciWindowKind, PciWindows};
@@ -42,6 +55,7 @@ use super::configuration::{
 };
 use super::device::PciDevice;
 use super::host_bridge::PciHostBridge;
+use super::root_port::RootPort;
 use crate::bus::Bus;
 
 /// Called with every applied change of where a BAR decodes: the function's
@@ -53,6 +67,12 @@ pub type BarMoveCallback = Box<dyn FnMut(PciBdf, &BarReprogram) + Send>;
 /// Errors of the PCI root.
 #[derive(Debug, thiserror::Error)]
 pub enum PciRootError {
+    /// No root port with that index.
+    #[error("there is no root port {0}")]
+    NoSuchPort(usize),
+    /// The slot below the port holds a function already.
+    #[error("the slot of root port {0} is occupied; remove its device first")]
+    PortOccupied(usize),
     /// The windows of the layout are unusable.
     #[error("cannot set up the PCI root: {0}")]
     Windows(#[source] BarAllocError),
@@ -119,9 +139,12 @@ pub struct PciWindowDevice {
 ///
 /// Invariant: a BAR placement with `mapped` set has a [`PciBarDispatch`] on
 /// the BAR bus of its kind at `wanted`, inside a window, and no other entry
-/// is on those buses.
+/// is on those buses. `slots` has the 32 slots of bus 0 followed by one
+/// slot per root port (`ports[i]` owns `slots[32 + i]`).
 pub struct PciRoot {
     slots: Vec<Option<Slot>>,
+    /// The root ports: their bus-0 slot and the port.
+    ports: Vec<(usize, Arc<Mutex<RootPort>>)>,
     allocator: BarAllocator,
     mmio_bars: Arc<RwLock<Bus>>,
     io_bars: Arc<RwLock<Bus>>,
@@ -136,6 +159,7 @@ impl PciRoot {
         let mut root = Self {
             slots: (0..PCI_DEVICES_PER_BUS).map(|_| None).collect(),
             allocator,
+            ports: Vec::new(),
             mmio_bars: Arc::new(RwLock::new(Bus::new())),
             io_bars: Arc::new(RwLock::new(Bus::new())),
             on_bar_move: None,
@@ -179,10 +203,10 @@ impl PciRoot {
     /// and returns its address. Decode stays as the device has it (off for
     /// a new `PciConfiguration`); the guest turns it on.
     pub fn add_device(&mut self, dev: Arc<Mutex<dyn PciDevice>>) -> Result<PciBdf, PciRootError> {
-        let dev_no = (1..self.slots.len())
+        let dev_no = (1..usize::from(PCI_DEVICES_PER_BUS))
             .find(|&d| self.slots[d].is_none())
             .ok_or(PciRootError::NoFreeSlot)?;
-        let bdf = slot_bdf(dev_no);
+        let bdf = self.slot_bdf(dev_no);
         let bars = dev.lock().unwrap_or_else(PoisonError::into_inner).bars();
         let mut assigned = Vec::with_capacity(bars.len());
         for bar in &bars {
@@ -229,14 +253,143 @@ impl PciRoot {
 
     /// The device at `bdf`, if any.
     pub fn device(&self, bdf: PciBdf) -> Option<Arc<Mutex<dyn PciDevice>>> {
-        let dev_no = slot_index(bdf)?;
+        let dev_no = self.slot_index(bdf)?;
         self.slots[dev_no].as_ref().map(|s| s.dev.clone())
+    }
+
+    /// Puts root port `port` in the lowest free slot of bus 0 and returns its
+    /// index among the ports and its address. Its slot starts empty.
+    pub fn add_root_port(
+        &mut self,
+        port: Arc<Mutex<RootPort>>,
+    ) -> Result<(usize, PciBdf), PciRootError> {
+        let bdf = self.add_device(port.clone())?;
+        self.ports.push((usize::from(bdf.device()), port));
+        self.slots.push(None);
+        Ok((self.ports.len() - 1, bdf))
+    }
+
+    /// Takes a naturally aligned range of `size` bytes out of the PCI windows
+    /// for a bridge window: below 4 GiB unless `high`, where a 64-bit window
+    /// is used if there is one. BARs the root assigns later avoid it.
+    pub fn reserve_window(&mut self, high: bool, size: u64) -> Result<Range<u64>, PciRootError> {
+        let kind = if high {
+            PciBarKind::Memory64
+        } else {
+            PciBarKind::Memory32
+        };
+        let (_, addr) = self
+            .allocator
+            .allocate(kind, size)
+            .map_err(PciRootError::Windows)?;
+        Ok(addr..addr + size)
+    }
+
+    /// Root port `index`.
+    pub fn port(&self, index: usize) -> Option<Arc<Mutex<RootPort>>> {
+        self.ports.get(index).map(|(_, p)| p.clone())
+    }
+
+    /// The address of root port `index` on bus 0.
+    pub fn port_bdf(&self, index: usize) -> Option<PciBdf> {
+        self.ports.get(index).map(|&(d, _)| slot_bdf(d))
+    }
+
+    /// Number of root ports.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// The function in the slot of port `index`, if any.
+    pub fn plugged(&self, index: usize) -> Option<Arc<Mutex<dyn PciDevice>>> {
+        self.slots
+            .get(PCI_DEVICES_PER_BUS as usize + index)?
+            .as_ref()
+            .map(|s| s.dev.clone())
+    }
+
+    /// Puts `dev` in the slot of root port `index`. Its BARs are left as the
+    /// device has them: the guest assigns them from the port's windows when
+    /// it powers the slot on.
+    pub fn plug(
+        &mut self,
+        index: usize,
+        dev: Arc<Mutex<dyn PciDevice>>,
+    ) -> Result<(), PciRootError> {
+        if index >= self.ports.len() {
+            return Err(PciRootError::NoSuchPort(index));
+        }
+        let dev_no = PCI_DEVICES_PER_BUS as usize + index;
+        if self.slots[dev_no].is_some() {
+            return Err(PciRootError::PortOccupied(index));
+        }
+        self.slots[dev_no] = Some(Slot {
+            dev,
+            bars: [None; PCI_NUM_BARS],
+            status_errors: 0,
+        });
+        Ok(())
+    }
+
+    /// Takes the function out of the slot of root port `index`: its BARs
+    /// leave the BAR buses (each mapped one reported to the callback as moved
+    /// to nowhere), and BARs that waited for the room may map.
+    pub fn unplug(&mut self, index: usize) -> Option<Arc<Mutex<dyn PciDevice>>> {
+        let dev_no = PCI_DEVICES_PER_BUS as usize + index;
+        self.slots.get(dev_no)?.as_ref()?;
+        for bar in 0..PCI_NUM_BARS {
+            let Some(p) = self.placement(dev_no, bar) else {
+                continue;
+            };
+            let before = p.mapped_at();
+            self.unmap(dev_no, bar);
+            self.set_placement(
+                dev_no,
+                bar,
+                BarPlacement {
+                    wanted: None,
+                    mapped: false,
+                    ..p
+                },
+            );
+            self.notify(dev_no, bar, before);
+        }
+        let slot = self.slots[dev_no].take()?;
+        self.retry_blocked();
+        Some(slot.dev)
+    }
+
+    /// The index in `slots` of the function `bdf` addresses now, if any.
+    fn slot_index(&self, bdf: PciBdf) -> Option<usize> {
+        if bdf.bus() == 0 {
+            return (bdf.function() == 0).then_some(usize::from(bdf.device()));
+        }
+        for (i, (_, port)) in self.ports.iter().enumerate() {
+            let port = port.lock().unwrap_or_else(PoisonError::into_inner);
+            if port.forwards(bdf.bus()) {
+                let here = port.buses().1 == bdf.bus()
+                    && bdf.device() == 0
+                    && bdf.function() == 0
+                    && port.slot().link_active();
+                return here.then_some(PCI_DEVICES_PER_BUS as usize + i);
+            }
+        }
+        None
+    }
+
+    /// The address reported for `dev_no`: its bus-0 address, or for a
+    /// function behind a root port the port's.
+    fn slot_bdf(&self, dev_no: usize) -> PciBdf {
+        match dev_no.checked_sub(PCI_DEVICES_PER_BUS as usize) {
+            Some(i) => self.port_bdf(i).unwrap_or(slot_bdf(0)),
+            None => slot_bdf(dev_no),
+        }
     }
 
     /// Reads config dword `reg_idx` of `bdf`; all-ones if there is no such
     /// function.
     pub fn config_read(&mut self, bdf: PciBdf, reg_idx: usize) -> u32 {
-        let Some(slot) = slot_index(bdf).and_then(|d| self.slots[d].as_ref()) else {
+        let Some(slot) = self.slot_index(bdf).and_then(|d| self.slots[d].as_ref()) else {
             return u32::MAX;
         };
         let mut value = slot
@@ -254,7 +407,7 @@ impl PciRoot {
     /// and applies the BAR moves it causes. Ignored if there is no such
     /// function.
     pub fn config_write(&mut self, bdf: PciBdf, reg_idx: usize, offset: u64, data: &[u8]) {
-        let Some(dev_no) = slot_index(bdf) else {
+        let Some(dev_no) = self.slot_index(bdf) else {
             return;
         };
         let Some(slot) = self.slots[dev_no].as_mut() else {
@@ -283,7 +436,7 @@ impl PciRoot {
         if changes.is_empty() {
             return;
         }
-        let bdf = slot_bdf(dev_no);
+        let bdf = self.slot_bdf(dev_no);
         for change in changes {
             let bar = change.bar;
             let Some(Some(placement)) = self.slots[dev_no]
@@ -404,9 +557,10 @@ impl PciRoot {
         if before == after {
             return;
         }
+        let bdf = self.slot_bdf(dev_no);
         if let Some(callback) = self.on_bar_move.as_mut() {
             callback(
-                slot_bdf(dev_no),
+                bdf,
                 &BarReprogram {
                     bar,
                     kind: p.kind,
@@ -431,7 +585,7 @@ impl PciRoot {
                 if self.allocator.allows(p.kind, addr, p.size) && self.map(dev_no, bar).is_ok() {
                     log::info!(
                         "PCI {}: BAR {bar} is now mapped at {addr:#x}",
-                        slot_bdf(dev_no)
+                        self.slot_bdf(dev_no)
                     );
                     self.notify(dev_no, bar, None);
                 }
@@ -449,7 +603,7 @@ impl PciRoot {
             for bar in 0..PCI_NUM_BARS {
                 if let Some(p) = self.placement(dev_no, bar) {
                     if let Some(addr) = p.mapped_at() {
-                        mapped.push((slot_bdf(dev_no), bar, p.kind, addr, p.size));
+                        mapped.push((self.slot_bdf(dev_no), bar, p.kind, addr, p.size));
                     }
                 }
             }
@@ -463,299 +617,10 @@ impl PciRoot {
     }
 }
 
-/// The slot of `bdf` on bus 0, function 0.
-fn slot_index(bdf: PciBdf) -> Option<usize> {
-    (bdf.bus() == 0 && bdf.function() == 0).then_some(usize::from(bdf.device()))
-}
-
 /// The address of slot `dev_no` (< 32) on bus 0.
 fn slot_bdf(dev_no: usize) -> PciBdf {
     PciBdf::from_requester_id(((dev_no as u16) & 0x1f) << 3)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bus::BusDevice;
-    use crate::pci::configuration::{COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE};
-    use crate::pci::interrupt::test_utils::RecordingInterruptGroup;
-    use crate::pci::test_utils::{TestDevice, TEST_BAR0_SIZE};
-
-    type Moves = Arc<Mutex<Vec<(PciBdf, BarReprogram)>>>;
-
-    fn windows() -> PciWindows {
-        PciWindows {
-            mmio32: 0xc000_0000..0xe000_0000,
-            mmio64: Some(0x40_0000_0000..0x80_0000_0000),
-            io: Some(0xc000..0x10000),
-        }
-    }
-
-    fn root_with_moves() -> (PciRoot, Moves) {
-        let mut root = PciRoot::new(&windows()).unwrap();
-        let moves: Moves = Arc::default();
-        let m = moves.clone();
-        root.set_bar_move_callback(Box::new(move |bdf, change| {
-            m.lock().unwrap().push((bdf, *change));
-        }));
-        (root, moves)
-    }
-
-    fn test_device(with_io: bool) -> Arc<Mutex<TestDevice>> {
-        let group = Arc::new(RecordingInterruptGroup::new(4));
-        Arc::new(Mutex::new(TestDevice::new(group, with_io)))
-    }
-
-    fn bdf(dev: u8) -> PciBdf {
-        PciBdf::new(0, dev, 0).unwrap()
-    }
-
-    fn write32(root: &mut PciRoot, bdf: PciBdf, offset: usize, v: u32) {
-        root.config_write(bdf, offset / 4, 0, &v.to_le_bytes());
-    }
-
-    fn mmio_window(root: &PciRoot, base: u64) -> Arc<Mutex<PciBarWindow>> {
-        root.window_devices()
-            .into_iter()
-            .find(|w| w.base == base)
-            .unwrap()
-            .device
-    }
-
-    fn mmio_read32(window: &Arc<Mutex<PciBarWindow>>, offset: u64) -> u32 {
-        let mut b = [0u8; 4];
-        window.lock().unwrap().read(offset, &mut b);
-        u32::from_le_bytes(b)
-    }
-
-    #[test]
-    fn host_bridge_at_slot_zero_and_absent_functions() {
-        let mut root = PciRoot::new(&windows()).unwrap();
-        assert_eq!(root.config_read(bdf(0), 0), 0x0d57_8086);
-        assert_eq!(root.config_read(bdf(1), 0), u32::MAX);
-        assert_eq!(root.config_read(PciBdf::new(0, 0, 1).unwrap(), 0), u32::MAX);
-        assert_eq!(root.config_read(PciBdf::new(1, 0, 0).unwrap(), 0), u32::MAX);
-        root.config_write(bdf(5), 1, 0, &[0xff; 4]);
-        assert!(root.device(bdf(0)).is_some());
-        assert!(root.device(bdf(1)).is_none());
-    }
-
-    #[test]
-    fn add_device_assigns_bars_without_enabling_decode() {
-        let (mut root, moves) = root_with_moves();
-        let d = root.add_device(test_device(true)).unwrap();
-        assert_eq!(d, bdf(1));
-        assert_eq!(root.config_read(d, 4), 0xc000_0000, "BAR 0 low");
-        assert_eq!(root.config_read(d, 6), 0x0000_0004, "BAR 2: 64-bit, low");
-        assert_eq!(root.config_read(d, 7), 0x40, "BAR 2 high");
-        assert_eq!(root.config_read(d, 8), 0xc001, "BAR 4: I/O");
-        assert_eq!(root.config_read(d, 1) & 0x3, 0, "decode off");
-        assert!(moves.lock().unwrap().is_empty());
-        assert_eq!(root.add_device(test_device(false)).unwrap(), bdf(2));
-        assert_eq!(root.config_read(bdf(2), 4), 0xc000_1000);
-    }
-
-    #[test]
-    fn enabling_decode_maps_bars_and_reports_moves() {
-        let (mut root, moves) = root_with_moves();
-        let dev = test_device(true);
-        let d = root.add_device(dev.clone()).unwrap();
-        let low = mmio_window(&root, 0xc000_0000);
-        let high = mmio_window(&root, 0x40_0000_0000);
-        assert_eq!(mmio_read32(&low, 0), u32::MAX, "decode off: master abort");
-        root.config_write(d, 1, 0, &[(COMMAND_MEMORY_SPACE | COMMAND_IO_SPACE) as u8]);
-        let got = std::mem::take(&mut *moves.lock().unwrap());
-        assert_eq!(got.len(), 3);
-        assert_eq!(
-            got[0],
-            (
-                d,
-                BarReprogram {
-                    bar: 0,
-                    kind: PciBarKind::Memory32,
-                    size: TEST_BAR0_SIZE,
-                    old: None,
-                    new: Some(0xc000_0000)
-                }
-            )
-        );
-        assert_eq!(got[1].1.new, Some(0x40_0000_0000));
-        assert_eq!(got[2].1.new, Some(0xc000));
-        // BAR 0 is scratch memory; BAR 2 holds the MSI-X table.
-        low.lock().unwrap().write(8, &0xabcdu32.to_le_bytes());
-        assert_eq!(mmio_read32(&low, 8), 0xabcd);
-        assert_eq!(dev.lock().unwrap().bar0[8], 0xcd);
-        assert_eq!(mmio_read32(&high, 12), 1, "vector 0 masked");
-        let io = root
-            .window_devices()
-            .into_iter()
-            .find(|w| w.kind == PciWindowKind::Io)
-            .unwrap();
-        let mut b = [0u8; 1];
-        io.device.lock().unwrap().read(0, &mut b);
-        assert_eq!(b, [0x10], "I/O BAR reads its offset + 0x10");
-    }
-
-    #[test]
-    fn relocation_moves_the_dispatch() {
-        let (mut root, moves) = root_with_moves();
-        let d = root.add_device(test_device(false)).unwrap();
-        root.config_write(d, 1, 0, &[COMMAND_MEMORY_SPACE as u8]);
-        moves.lock().unwrap().clear();
-        let low = mmio_window(&root, 0xc000_0000);
-        write32(&mut root, d, 0x10, 0xc010_0000);
-        assert_eq!(
-            moves.lock().unwrap()[0].1,
-            BarReprogram {
-                bar: 0,
-                kind: PciBarKind::Memory32,
-                size: TEST_BAR0_SIZE,
-                old: Some(0xc000_0000),
-                new: Some(0xc010_0000)
-            }
-        );
-        low.lock().unwrap().write(0x10_0004, &[0x5a]);
-        let mut b = [0u8; 1];
-        low.lock().unwrap().read(0x10_0004, &mut b);
-        assert_eq!(b, [0x5a]);
-        low.lock().unwrap().read(0x4, &mut b);
-        assert_eq!(b, [0xff], "old place is empty");
-        // Sizing with decode on unmaps, restoring remaps at the same place.
-        moves.lock().unwrap().clear();
-        write32(&mut root, d, 0x10, u32::MAX);
-        assert_eq!(root.config_read(d, 4), !(TEST_BAR0_SIZE as u32 - 1));
-        write32(&mut root, d, 0x10, 0xc010_0000);
-        let got: Vec<_> = moves
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|m| (m.1.old, m.1.new))
-            .collect();
-        assert_eq!(
-            got,
-            vec![(Some(0xc010_0000), None), (None, Some(0xc010_0000))]
-        );
-    }
-
-    #[test]
-    fn garbage_bar_address_is_refused_with_error_status() {
-        let (mut root, moves) = root_with_moves();
-        let d = root.add_device(test_device(false)).unwrap();
-        root.config_write(d, 1, 0, &[COMMAND_MEMORY_SPACE as u8]);
-        moves.lock().unwrap().clear();
-        // Over guest RAM, far from any window.
-        write32(&mut root, d, 0x10, 0x0010_0000);
-        assert_eq!(moves.lock().unwrap()[0].1.new, None, "unmapped");
-        let status = (root.config_read(d, 1) >> 16) as u16;
-        assert_ne!(status & STATUS_SIGNALED_SYSTEM_ERROR, 0);
-        assert_eq!(mmio_read32(&mmio_window(&root, 0xc000_0000), 0), u32::MAX);
-        // The guest clears the bit and moves the BAR back into the window.
-        root.config_write(d, 1, 2, &STATUS_SIGNALED_SYSTEM_ERROR.to_le_bytes());
-        let status = (root.config_read(d, 1) >> 16) as u16;
-        assert_eq!(status & STATUS_SIGNALED_SYSTEM_ERROR, 0);
-        write32(&mut root, d, 0x10, 0xc000_0000);
-        assert_eq!(moves.lock().unwrap()[1].1.new, Some(0xc000_0000));
-        // A 64-bit BAR straddling the end of the 64-bit window is refused too.
-        write32(&mut root, d, 0x1c, 0x7f);
-        write32(&mut root, d, 0x18, 0xffff_c000);
-        let bar2 = root.placement(1, 2).unwrap();
-        assert_eq!(bar2.wanted, Some(0x7f_ffff_c000));
-        assert!(bar2.mapped, "ends exactly at the window end");
-        write32(&mut root, d, 0x1c, 0x80);
-        assert!(!root.placement(1, 2).unwrap().mapped);
-    }
-
-    #[test]
-    fn overlapping_bar_waits_until_the_other_moves() {
-        let (mut root, moves) = root_with_moves();
-        let a = root.add_device(test_device(false)).unwrap();
-        let b = root.add_device(test_device(false)).unwrap();
-        for d in [a, b] {
-            root.config_write(d, 1, 0, &[COMMAND_MEMORY_SPACE as u8]);
-        }
-        moves.lock().unwrap().clear();
-        // b's BAR 0 onto a's.
-        write32(&mut root, b, 0x10, 0xc000_0000);
-        assert_eq!(moves.lock().unwrap().len(), 1, "b only unmapped");
-        assert_eq!(
-            (root.config_read(b, 1) >> 16) as u16 & STATUS_SIGNALED_SYSTEM_ERROR,
-            0
-        );
-        // a moves away: b appears.
-        write32(&mut root, a, 0x10, 0xc020_0000);
-        let got: Vec<_> = moves
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|m| (m.0, m.1.old, m.1.new))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (b, Some(0xc000_1000), None),
-                (a, Some(0xc000_0000), Some(0xc020_0000)),
-                (b, None, Some(0xc000_0000)),
-            ]
-        );
-        let low = mmio_window(&root, 0xc000_0000);
-        low.lock().unwrap().write(0, &[7]);
-        let dev_b = root.device(b).unwrap();
-        let mut byte = [0u8];
-        dev_b.lock().unwrap().bar_read(0, 0, &mut byte);
-        assert_eq!(byte, [7]);
-    }
-
-    #[test]
-    fn slots_run_out() {
-        let mut root = PciRoot::new(&windows()).unwrap();
-        for i in 1..32 {
-            assert_eq!(root.add_device(test_device(false)).unwrap(), bdf(i));
-        }
-        let err = root.add_device(test_device(false)).unwrap_err();
-        assert!(matches!(err, PciRootError::NoFreeSlot));
-        assert!(err.to_string().contains("use fewer PCI devices"));
-    }
-
-    #[test]
-    fn failed_allocation_rolls_back() {
-        let mut root = PciRoot::new(&PciWindows {
-            mmio32: 0xc000_0000..0xc000_2000,
-            mmio64: None,
-            io: None,
-        })
-        .unwrap();
-        // BAR 0 and the 64-bit BAR 2 (16 KiB) do not both fit in 8 KiB.
-        let err = root.add_device(test_device(false)).unwrap_err();
-        assert!(
-            matches!(err, PciRootError::BarAllocation { bar: 2, .. }),
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains("no room for a 16 KiB BAR"),
-            "{err}"
-        );
-        let err = root.add_device(test_device(true)).unwrap_err();
-        assert!(matches!(err, PciRootError::BarAllocation { .. }));
-        assert!(root.device(bdf(1)).is_none());
-        // BAR 0's page was given back.
-        assert!(root
-            .allocator
-            .allocate(PciBarKind::Memory32, 0x2000)
-            .is_ok());
-    }
-
-    #[test]
-    fn invalid_windows_are_reported() {
-        let err = PciRoot::new(&PciWindows {
-            mmio32: 0xc000_0000..0x1_2000_0000,
-            mmio64: None,
-            io: None,
-        })
-        .err()
-        .unwrap();
-        assert!(
-            err.to_string().contains("fix the VM memory layout"),
-            "{err}"
-        );
-    }
-}
+mod tests;

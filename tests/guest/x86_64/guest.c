@@ -902,6 +902,90 @@ static int virtio_rng_test(struct virtio_dev *v, u32 loops)
     return msix_mask_test(v);
 }
 
+/* ---- PCIe root ports with a hot-plug slot ---- */
+
+#define PCI_CLASS_BRIDGE_PCI 0x0604
+#define PCI_CAP_ID_MSI 0x05
+#define PCI_CAP_ID_EXP 0x10
+#define EXP_SLTCAP 0x14
+#define EXP_SLTCTL 0x18 /* Slot Status in the upper half */
+#define SLTCAP_ABP 0x01
+#define SLTCAP_PCP 0x02
+#define SLTCAP_HPC 0x40
+/* What Linux's pciehp enables on a slot with a button: ABPE, CCIE, HPIE, DLLSCE; the
+ * slot stays powered off (PCC) with both indicators off. */
+#define SLTCTL_PCIEHP 0x17f1u
+#define SLTSTA_CC 0x10u
+
+static u32 pci_addr_bus(u32 bus, u32 dev, u32 fn, u32 reg) { return pci_addr(dev, fn, reg) | bus << 16; }
+
+static void pci_write32(u32 dev, u32 fn, u32 reg, u32 v)
+{
+    outl(PCI_CFG_ADDR, pci_addr(dev, fn, reg));
+    outl(PCI_CFG_DATA, v);
+}
+
+static u32 pci_find_cap(u32 dev, u32 id)
+{
+    if (!(pci_read32(dev, 0, PCI_COMMAND) & PCI_STATUS_CAP_LIST))
+        return 0;
+    u32 ptr = pci_read32(dev, 0, PCI_CAP_PTR) & 0xfc;
+    for (u32 n = 0; ptr >= 0x40 && n < 48; n++) {
+        u32 dw = pci_read32(dev, 0, ptr);
+        if ((dw & 0xff) == id)
+            return ptr;
+        ptr = (dw >> 8) & 0xfc;
+    }
+    return 0;
+}
+
+/*
+ * A root port's slot as pciehp sees it: a hot-plug capable slot with a button and a power
+ * controller, an empty bus below, and a Slot Control write that completes with the port's
+ * MSI. 0 if all went well, 1 after an ERROR line.
+ */
+static int hotplug_port_test(u32 dev)
+{
+    u32 exp = pci_find_cap(dev, PCI_CAP_ID_EXP);
+    u32 msi = pci_find_cap(dev, PCI_CAP_ID_MSI);
+    if (!exp || !msi) {
+        kprintf("tiny-guest: ERROR bridge 00:%2x.0 has no PCIe or MSI capability\n", (u64)dev);
+        return 1;
+    }
+    if (((pci_read32(dev, 0, exp) >> 20) & 0xf) != 4)
+        return 0; /* not a root port */
+    u32 sltcap = pci_read32(dev, 0, exp + EXP_SLTCAP);
+    u32 want = SLTCAP_ABP | SLTCAP_PCP | SLTCAP_HPC;
+    if ((sltcap & want) != want) {
+        kprintf("tiny-guest: ERROR root port 00:%2x.0 slot caps 0x%x\n", (u64)dev, (u64)sltcap);
+        return 1;
+    }
+    u32 bus = (pci_read32(dev, 0, 0x18) >> 8) & 0xff;
+    outl(PCI_CFG_ADDR, pci_addr_bus(bus, 0, 0, 0));
+    u32 below = inl(PCI_CFG_DATA);
+    if (bus == 0 || below != 0xffffffffu) {
+        kprintf("tiny-guest: ERROR root port 00:%2x.0 bus %u: 0x%x below an empty slot\n", (u64)dev,
+                (u64)bus, (u64)below);
+        return 1;
+    }
+    interrupts_init();
+    u32 apic_id = lapic_r(LAPIC_ID) >> 24;
+    pci_write32(dev, 0, msi + 4, 0xfee00000u | apic_id << 12);
+    pci_write32(dev, 0, msi + 8, 0);
+    pci_write32(dev, 0, msi + 12, VEC_MSIX);
+    pci_write16(dev, 0, msi + 2, 1); /* MSI enable */
+    static volatile u16 none;
+    pci_write16(dev, 0, exp + EXP_SLTCTL, SLTCTL_PCIEHP);
+    int irq = wait_irq(1, &none, 0, WAIT_TIMEOUT);
+    u32 status = pci_read32(dev, 0, exp + EXP_SLTCTL) >> 16;
+    pci_write16(dev, 0, exp + EXP_SLTCTL + 2, SLTSTA_CC);
+    u32 cleared = !((pci_read32(dev, 0, exp + EXP_SLTCTL) >> 16) & SLTSTA_CC);
+    kprintf("tiny-guest: hotplug port 00:%2x.0 bus=%u slot=%u cc=%u cleared=%u msi=%u\n", (u64)dev,
+            (u64)bus, (u64)(sltcap >> 19), (u64)!!(status & SLTSTA_CC), (u64)cleared, (u64)irq);
+    __asm__ volatile("cli");
+    return !(irq && (status & SLTSTA_CC) && cleared);
+}
+
 /*
  * Lists bus 0 and, if there is a virtio-rng, drives it. 0 if all went well
  * (or there was nothing to drive), 1 after an ERROR line.
@@ -937,14 +1021,19 @@ static int pci_test(u32 rng_loops)
         if (rng < 0 && found[i].id == (VIRTIO_RNG_DEVICE << 16 | VIRTIO_VENDOR))
             rng = (int)i;
     }
+    int port_failed = 0;
+    for (u32 i = 0; i < count; i++) {
+        if (found[i].fn == 0 && pci_read32(found[i].dev, 0, 0x08) >> 16 == PCI_CLASS_BRIDGE_PCI)
+            port_failed |= hotplug_port_test(found[i].dev);
+    }
     if (rng < 0)
-        return 0;
+        return port_failed;
     struct virtio_dev v = {0};
     v.dev = found[rng].dev;
     v.fn = found[rng].fn;
     int failed = virtio_rng_test(&v, rng_loops);
     __asm__ volatile("cli");
-    return failed;
+    return failed | port_failed;
 }
 
 /* ---- main ---- */

@@ -1,0 +1,691 @@
+//! Hotplug orchestration on the iommufd model with fake VFIO devices, fake KVM and a
+//! simulated guest that drives the root ports' slots through the PCI root's config space
+//! as Linux's pciehp does.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use devices::pci::hotplug_slot::{
+    SLTCTL_ABPE, SLTCTL_ATTN_IND_OFF, SLTCTL_CCIE, SLTCTL_DLLSCE, SLTCTL_HPIE, SLTCTL_PCC,
+    SLTCTL_PIC, SLTCTL_PWR_IND_OFF, SLTCTL_PWR_IND_ON, SLTSTA_ABP, SLTSTA_PDS,
+};
+use devices::pci::{PciWindows, RootPortWindows};
+use passthrough::fake_vfio::FakeVfioHandle;
+use passthrough::iommufd::{DeviceHandle, ObjectId};
+use passthrough::passthrough_device::VfioOpener;
+use passthrough::ram_dma::SharedIommufd;
+use passthrough::vfio_cdev::PciPassthroughDevice;
+use passthrough::vfio_device::VfioDevice;
+use passthrough::{
+    FakeKvmVfio, FakeMemslots, FakeVfioDevice, ModelDevice, ModelIommufd, ReservedKind,
+    ReservedRegion,
+};
+use vm_memory::GuestAddress;
+
+use super::*;
+use crate::interrupts::test_utils::FakeRouting;
+use crate::interrupts::Route;
+use crate::vfio::{follow_bar_move, PassthroughFunctions};
+
+const RAM: u64 = 0x20_0000;
+/// Slot Control / Status of a root port (PCIe capability at 0x50).
+const SLOT_REG: usize = (0x50 + 0x18) / 4;
+const PAGE: u64 = 4096;
+
+/// A host device the fake host offers.
+#[derive(Clone)]
+struct HostDev {
+    bdf: String,
+    reserved: Vec<IovaRange>,
+}
+
+/// Host devices on the iommufd model: `locate` finds them by path, `probe` attaches a model
+/// device to a scratch IOAS as the kernel path does, `open` makes a fresh fake VFIO device.
+struct ModelSource {
+    iommufd: SharedIommufd,
+    devices: Arc<Mutex<HashMap<PathBuf, HostDev>>>,
+    opener: ModelOpener,
+}
+
+struct ModelOpener {
+    devices: Arc<Mutex<HashMap<PathBuf, HostDev>>>,
+    handles: Arc<Mutex<Vec<FakeVfioHandle>>>,
+}
+
+fn model_device(d: &HostDev) -> ModelDevice {
+    ModelDevice::new(d.bdf.clone(), d.reserved.clone(), IovaRange::FULL)
+}
+
+impl VfioOpener for ModelOpener {
+    fn open(
+        &mut self,
+        dev: &LocatedDevice,
+    ) -> std::io::Result<(Box<dyn VfioDevice>, DeviceHandle)> {
+        let host = lock(&self.devices)
+            .get(&dev.spec.path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+        let fake = FakeVfioDevice::virtio_blk();
+        lock(&self.handles).push(fake.handle());
+        Ok((Box::new(fake), DeviceHandle::Model(model_device(&host))))
+    }
+}
+
+impl DeviceSource for ModelSource {
+    fn iommufd(&mut self, _devices: &[LocatedDevice]) -> Result<SharedIommufd, VfioError> {
+        Ok(self.iommufd.clone())
+    }
+
+    fn locate(&mut self, spec: &DeviceSpec) -> Result<LocatedDevice, VfioError> {
+        let host = lock(&self.devices)
+            .get(&spec.path)
+            .cloned()
+            .ok_or_else(|| VfioError::NotFound(spec.name()))?;
+        Ok(LocatedDevice {
+            name: spec.name(),
+            spec: spec.clone(),
+            pci: PciPassthroughDevice {
+                bdf: host.bdf,
+                cdev: PathBuf::from("/dev/vfio/devices/vfio9"),
+            },
+        })
+    }
+
+    fn probe(
+        &mut self,
+        iommufd: &SharedIommufd,
+        dev: &LocatedDevice,
+    ) -> Result<DeviceRanges, VfioError> {
+        let host = lock(&self.devices)
+            .get(&dev.spec.path)
+            .cloned()
+            .ok_or_else(|| VfioError::NotFound(dev.name.clone()))?;
+        let mut fd = passthrough::ram_dma::lock(iommufd);
+        let ioas = fd
+            .alloc_ioas()
+            .map_err(|e| VfioError::RamDma(passthrough::ram_dma::RamDmaError::Ioas(e)))?;
+        let id = fd
+            .bind_device(DeviceHandle::Model(model_device(&host)))
+            .map_err(|e| VfioError::RamDma(passthrough::ram_dma::RamDmaError::Ioas(e)))?;
+        fd.attach_device(id, ioas.into()).ok();
+        let ranges = fd.iova_ranges(ioas).map(|r| r.ranges).ok();
+        let _ = fd.detach_device(id);
+        let _ = fd.unbind_device(id);
+        let _ = fd.destroy(ioas.into());
+        Ok(DeviceRanges {
+            name: Arc::from(host.bdf.as_str()),
+            iova_ranges: ranges,
+            reserved: host
+                .reserved
+                .iter()
+                .map(|&range| ReservedRegion {
+                    range,
+                    kind: ReservedKind::Msi,
+                })
+                .collect(),
+        })
+    }
+
+    fn opener(&mut self) -> &mut dyn VfioOpener {
+        &mut self.opener
+    }
+}
+
+/// How the simulated guest treats its slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guest {
+    /// pciehp: powers on at a button press on an empty-powered slot, off on a powered one.
+    Pciehp,
+    /// Enables hotplug but never acts on a button.
+    Deaf,
+    /// Powers slots on but never lets a device go.
+    Clingy,
+    /// No port driver: hotplug never enabled.
+    Absent,
+    /// pciehp bound on every port but the first.
+    NotOnFirst,
+}
+
+struct Rig {
+    model: Arc<Mutex<ModelIommufd>>,
+    kvm: Arc<FakeKvmVfio>,
+    slots: Arc<FakeMemslots>,
+    irq: Arc<InterruptManager>,
+    root: Arc<Mutex<PciRoot>>,
+    pt: Arc<Mutex<Passthrough>>,
+    hosts: Arc<Mutex<HashMap<PathBuf, HostDev>>>,
+    handles: Arc<Mutex<Vec<FakeVfioHandle>>>,
+    mem: GuestMemoryMmap,
+    hp: PciHotplug,
+    stop: Arc<AtomicBool>,
+    guest: Option<JoinHandle<()>>,
+}
+
+/// What must come back after a device leaves.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    objects: Vec<ObjectId>,
+    kvm_files: usize,
+    memslots: usize,
+    routes: Vec<(u32, Route)>,
+    gsis: usize,
+    devices: usize,
+    present: Vec<bool>,
+}
+
+fn path(name: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/bus/pci/devices/{name}"))
+}
+
+impl Rig {
+    fn new(ports: u8, guest: Guest) -> Rig {
+        let model = Arc::new(Mutex::new(ModelIommufd::with_page_size(PAGE)));
+        let shared: SharedIommufd = model.clone();
+        let kvm = Arc::new(FakeKvmVfio::default());
+        let slots = Arc::new(FakeMemslots::default());
+        let irq = Arc::new(InterruptManager::new(
+            Arc::new(FakeRouting::default()),
+            &[],
+            24,
+            1024,
+        ));
+        let functions: PassthroughFunctions = Arc::default();
+        let mut root = PciRoot::new(&PciWindows {
+            mmio32: 0xc000_0000..0xe000_0000,
+            mmio64: Some(0x40_0000_0000..0x80_0000_0000),
+            io: None,
+        })
+        .unwrap();
+        let f = functions.clone();
+        root.set_bar_move_callback(Box::new(move |bdf, r| follow_bar_move(&f, bdf, r)));
+        for i in 0..ports {
+            let group = Arc::new(irq.msi_group(1, None).unwrap());
+            let windows = RootPortWindows {
+                mem: root.reserve_window(false, 1 << 20).unwrap(),
+                pref: root.reserve_window(true, 1 << 24).unwrap(),
+            };
+            let port = RootPort::new(i + 1, i + 1, &windows, false, group).unwrap();
+            root.add_root_port(Arc::new(Mutex::new(port))).unwrap();
+        }
+        let root = Arc::new(Mutex::new(root));
+        let kvm2 = kvm.clone();
+        let mut pt = Passthrough::new(
+            Box::new(move || Ok(kvm2.clone() as Arc<dyn passthrough::KvmVfio>)),
+            slots.clone(),
+            false,
+            functions,
+        );
+        pt.use_iommufd(shared.clone());
+        let pt = Arc::new(Mutex::new(pt));
+        let hosts: Arc<Mutex<HashMap<PathBuf, HostDev>>> = Arc::default();
+        for (name, bdf) in [
+            ("a", "0000:00:03.0"),
+            ("b", "0000:00:04.0"),
+            ("c", "0000:00:05.0"),
+        ] {
+            lock(&hosts).insert(
+                path(name),
+                HostDev {
+                    bdf: bdf.to_string(),
+                    reserved: vec![IovaRange::new(0xfee0_0000, 0xfeef_ffff).unwrap()],
+                },
+            );
+        }
+        let handles: Arc<Mutex<Vec<FakeVfioHandle>>> = Arc::default();
+        let source = ModelSource {
+            iommufd: shared,
+            devices: hosts.clone(),
+            opener: ModelOpener {
+                devices: hosts.clone(),
+                handles: handles.clone(),
+            },
+        };
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        let hp = PciHotplug::new(
+            root.clone(),
+            pt.clone(),
+            irq.clone(),
+            mem.clone(),
+            Box::new(source),
+            false,
+            HotplugTimeouts {
+                add: Duration::from_secs(5),
+                remove: Duration::from_secs(5),
+                poll: Duration::from_millis(1),
+            },
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let guest = Some(spawn_guest(root.clone(), ports, guest, stop.clone()));
+        // Let the guest's port driver set up before anything is asked.
+        std::thread::sleep(Duration::from_millis(20));
+        Rig {
+            model,
+            kvm,
+            slots,
+            irq,
+            root,
+            pt,
+            hosts,
+            handles,
+            mem,
+            hp,
+            stop,
+            guest,
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let root = lock(&self.root);
+        Snapshot {
+            objects: lock(&self.model).object_ids(),
+            kvm_files: self.kvm.files().len(),
+            memslots: self.slots.slots().len(),
+            routes: self.irq.routes(),
+            gsis: self.irq.gsis_in_use(),
+            devices: lock(&self.pt).len(),
+            present: (0..root.port_count())
+                .map(|i| lock(&root.port(i).unwrap()).slot().present())
+                .collect(),
+        }
+    }
+
+    fn add(&mut self, name: &str) -> Result<DeviceInfo, HotplugFault> {
+        self.hp.add_device(AddDevice {
+            path: path(name),
+            id: Some(name.to_string()),
+            iommu: false,
+        })
+    }
+
+    fn ioas_state(&self) -> Option<(passthrough::IoasId, Vec<IovaRange>, Vec<IovaRange>)> {
+        let ioas = lock(&self.pt).ioas()?;
+        let m = lock(&self.model);
+        Some((ioas, m.mappings(ioas), m.allowed(ioas)))
+    }
+
+    /// Attaches host device `name` the way the VMM does at start: the shared attach path,
+    /// a bus-0 slot, RAM mapped.
+    fn cold_plug(&mut self, name: &str) {
+        let spec = DeviceSpec {
+            path: path(name),
+            id: Some(name.to_string()),
+        };
+        let host = lock(&self.hosts).get(&spec.path).cloned().unwrap();
+        let located = LocatedDevice {
+            name: name.to_string(),
+            spec: spec.clone(),
+            pci: PciPassthroughDevice {
+                bdf: host.bdf,
+                cdev: PathBuf::from("/dev/vfio/devices/vfio0"),
+            },
+        };
+        let mut opener = ModelOpener {
+            devices: self.hosts.clone(),
+            handles: self.handles.clone(),
+        };
+        let irq = self.irq.clone();
+        let mut groups = |n: u16| {
+            irq.msi_group(n, None)
+                .map(|g| Arc::new(g) as Arc<dyn MsiInterruptGroup>)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        };
+        let mut pt = lock(&self.pt);
+        let (device, function) = pt.attach(&located, &mut opener, &mut groups).unwrap();
+        let bdf = lock(&self.root).add_device(function.clone()).unwrap();
+        pt.adopt(AttachedDevice {
+            id: name.to_string(),
+            path: spec.path,
+            key: bdf,
+            guest_bdf: bdf,
+            port: None,
+            device,
+            function,
+        });
+        pt.map_ram(&self.mem, name).unwrap();
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(g) = self.guest.take() {
+            let _ = g.join();
+        }
+    }
+}
+
+fn cfg_read(root: &Mutex<PciRoot>, bdf: PciBdf, reg: usize) -> u32 {
+    lock(root).config_read(bdf, reg)
+}
+
+fn cfg_write(root: &Mutex<PciRoot>, bdf: PciBdf, reg: usize, offset: u64, data: &[u8]) {
+    lock(root).config_write(bdf, reg, offset, data);
+}
+
+/// A guest: its port driver enables MSI and slot notification on every port, then it
+/// polls each slot's status as pciehp's interrupt thread would.
+fn spawn_guest(
+    root: Arc<Mutex<PciRoot>>,
+    ports: u8,
+    mode: Guest,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let skip = usize::from(mode == Guest::NotOnFirst);
+        let port_bdfs: Vec<PciBdf> = (skip..usize::from(ports))
+            .map(|i| lock(&root).port_bdf(i).unwrap())
+            .collect();
+        if mode == Guest::Absent {
+            return;
+        }
+        for &p in &port_bdfs {
+            cfg_write(&root, p, 0x44 / 4, 0, &0xfee0_0000u32.to_le_bytes());
+            cfg_write(&root, p, 0x4c / 4, 0, &0x30u32.to_le_bytes());
+            cfg_write(&root, p, 0x40 / 4, 2, &[1]);
+            let ctl = SLTCTL_ABPE
+                | SLTCTL_CCIE
+                | SLTCTL_HPIE
+                | SLTCTL_DLLSCE
+                | SLTCTL_PCC
+                | SLTCTL_PWR_IND_OFF
+                | SLTCTL_ATTN_IND_OFF;
+            cfg_write(&root, p, SLOT_REG, 0, &ctl.to_le_bytes());
+        }
+        while !stop.load(Ordering::Acquire) {
+            for &p in &port_bdfs {
+                let reg = cfg_read(&root, p, SLOT_REG);
+                let (ctl, status) = (reg as u16, (reg >> 16) as u16);
+                // Acknowledge every event.
+                cfg_write(&root, p, SLOT_REG, 2, &status.to_le_bytes());
+                if status & SLTSTA_ABP == 0 || mode == Guest::Deaf {
+                    continue;
+                }
+                let powered = ctl & SLTCTL_PCC == 0;
+                if !powered && status & SLTSTA_PDS != 0 {
+                    let on = ctl & !SLTCTL_PCC;
+                    cfg_write(&root, p, SLOT_REG, 0, &on.to_le_bytes());
+                    // Enumerate: BAR 4 of the new function from the port's window, decode on.
+                    let bus = (cfg_read(&root, p, 6) >> 8) as u8;
+                    let child = PciBdf::new(bus, 0, 0).unwrap();
+                    let pref = (u64::from(cfg_read(&root, p, 9) & 0xfff0) << 16)
+                        | u64::from(cfg_read(&root, p, 10)) << 32;
+                    cfg_write(&root, child, 8, 0, &(pref as u32).to_le_bytes());
+                    cfg_write(&root, child, 9, 0, &((pref >> 32) as u32).to_le_bytes());
+                    cfg_write(&root, child, 1, 0, &[0x06]);
+                    let lit = (on & !SLTCTL_PIC) | SLTCTL_PWR_IND_ON;
+                    cfg_write(&root, p, SLOT_REG, 0, &lit.to_le_bytes());
+                } else if powered && matches!(mode, Guest::Pciehp | Guest::NotOnFirst) {
+                    let off = ctl | SLTCTL_PCC;
+                    cfg_write(&root, p, SLOT_REG, 0, &off.to_le_bytes());
+                    let dark = (off & !SLTCTL_PIC) | SLTCTL_PWR_IND_OFF;
+                    cfg_write(&root, p, SLOT_REG, 0, &dark.to_le_bytes());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
+}
+
+#[test]
+fn add_then_remove_returns_everything() {
+    let mut rig = Rig::new(2, Guest::Pciehp);
+    let before = rig.snapshot();
+    let info = rig.add("a").unwrap();
+    assert_eq!(info.id, "a");
+    assert_eq!(info.bdf, "01:00.0", "behind the first root port");
+    assert_eq!(rig.hp.devices(), vec![info.clone()]);
+    let during = rig.snapshot();
+    assert_eq!(during.objects.len(), 3, "IOAS, HWPT, device");
+    assert_eq!(during.kvm_files, 1);
+    assert_eq!(during.memslots, 1, "BAR 4, placed by the guest");
+    assert!(during.gsis > before.gsis, "the function's MSI-X vectors");
+    assert_eq!(during.present, vec![true, false]);
+    let (_, mapped, allowed) = rig.ioas_state().unwrap();
+    assert_eq!(mapped, vec![IovaRange::from_start_len(0, RAM).unwrap()]);
+    assert_eq!(allowed, mapped, "RAM guarded with ALLOW_IOVAS");
+    // The function answers at the bus the guest gave the port.
+    assert_eq!(
+        cfg_read(&rig.root, PciBdf::new(1, 0, 0).unwrap(), 0),
+        0x1042_1af4
+    );
+
+    rig.hp.remove_device("a").unwrap();
+    assert_eq!(rig.snapshot(), before);
+    assert!(
+        rig.ioas_state().is_none(),
+        "the last device took the IOAS along"
+    );
+    let handles = lock(&rig.handles);
+    assert!(!handles[0].is_open(), "device fd closed");
+    assert_eq!(handles[0].live_mappings(), 0, "BAR mmaps gone");
+    assert_eq!(
+        cfg_read(&rig.root, PciBdf::new(1, 0, 0).unwrap(), 0),
+        u32::MAX
+    );
+    assert!(rig.hp.devices().is_empty());
+}
+
+#[test]
+fn twenty_cycles_leave_nothing_behind() {
+    let mut rig = Rig::new(1, Guest::Pciehp);
+    let before = rig.snapshot();
+    let mut during = None;
+    for cycle in 0..20 {
+        rig.add("b").unwrap();
+        let now = rig.snapshot();
+        // Every cycle uses as many GSIs, routes, slots and objects as the first.
+        assert_eq!(during.get_or_insert(now.gsis), &now.gsis, "cycle {cycle}");
+        assert_eq!(now.memslots, 1, "cycle {cycle}");
+        rig.hp.remove_device("b").unwrap();
+        assert_eq!(rig.snapshot(), before, "after cycle {cycle}");
+    }
+    assert_eq!(lock(&rig.handles).iter().filter(|h| h.is_open()).count(), 0);
+}
+
+#[test]
+fn reserved_iova_in_placed_ram_is_a_conflict_and_nothing_changes() {
+    let mut rig = Rig::new(1, Guest::Pciehp);
+    // A device whose MSI window lies in guest RAM ("seed-004").
+    lock(&rig.hosts).get_mut(&path("c")).unwrap().reserved =
+        vec![IovaRange::new(0x10_0000, 0x10_ffff).unwrap()];
+    // First device: nothing is mapped yet, nothing may be created.
+    let before = rig.snapshot();
+    let err = rig.add("c").unwrap_err();
+    assert_eq!(err.kind, HotplugFaultKind::Conflict, "{err}");
+    assert!(err.message.contains("0x100000-0x10ffff"), "{err}");
+    assert!(err.message.contains("device c (0000:00:05.0)"), "{err}");
+    assert_eq!(rig.snapshot(), before);
+    assert!(lock(&rig.handles).is_empty(), "never opened");
+
+    // With RAM mapped for a cold-plugged device, the mappings stay as they are.
+    rig.cold_plug("a");
+    let before = rig.snapshot();
+    let ioas = rig.ioas_state();
+    let err = rig.add("c").unwrap_err();
+    assert_eq!(err.kind, HotplugFaultKind::Conflict, "{err}");
+    assert_eq!(rig.snapshot(), before);
+    assert_eq!(rig.ioas_state(), ioas);
+}
+
+#[test]
+fn first_and_last_device_keep_the_others_mappings() {
+    // A cold-plugged device holds the IOAS; a hot device comes and goes.
+    let mut rig = Rig::new(2, Guest::Pciehp);
+    rig.cold_plug("a");
+    let with_cold = rig.snapshot();
+    let ioas = rig.ioas_state().unwrap();
+    rig.add("b").unwrap();
+    assert_eq!(rig.ioas_state().unwrap(), ioas, "same IOAS, same mappings");
+    rig.hp.remove_device("b").unwrap();
+    assert_eq!(rig.ioas_state().unwrap(), ioas);
+    assert_eq!(rig.snapshot(), with_cold);
+    assert_eq!(
+        rig.hp.remove_device("a").unwrap_err().kind,
+        HotplugFaultKind::Conflict,
+        "cold-plugged"
+    );
+    drop(rig);
+
+    // Only hot devices: the first makes the IOAS, the last takes it away; in between the
+    // mappings stay whoever leaves.
+    let mut rig = Rig::new(2, Guest::Pciehp);
+    let empty = rig.snapshot();
+    rig.add("b").unwrap();
+    let ioas = rig.ioas_state().unwrap();
+    rig.add("c").unwrap();
+    assert_eq!(rig.ioas_state().unwrap(), ioas);
+    assert_eq!(rig.hp.devices().len(), 2);
+    assert_eq!(rig.hp.devices()[1].bdf, "02:00.0");
+    rig.hp.remove_device("b").unwrap();
+    assert_eq!(rig.ioas_state().unwrap(), ioas, "c still DMAs into RAM");
+    assert_eq!(lock(&rig.model).object_ids().len(), 3, "IOAS, HWPT, c");
+    rig.hp.remove_device("c").unwrap();
+    assert_eq!(rig.snapshot(), empty);
+}
+
+#[test]
+fn a_guest_that_never_powers_on_times_out_cleanly() {
+    let mut rig = Rig::new(1, Guest::Deaf);
+    rig.hp.timeouts.add = Duration::from_millis(200);
+    let before = rig.snapshot();
+    let err = rig.add("a").unwrap_err();
+    assert_eq!(err.kind, HotplugFaultKind::NotReady);
+    assert!(err.message.contains("did not power slot 1 on"), "{err}");
+    assert_eq!(rig.snapshot(), before);
+    assert!(lock(&rig.handles).iter().all(|h| !h.is_open()));
+}
+
+#[test]
+fn a_guest_without_hotplug_is_not_ready_and_nothing_is_touched() {
+    let mut rig = Rig::new(1, Guest::Absent);
+    let before = rig.snapshot();
+    let err = rig.add("a").unwrap_err();
+    assert_eq!(err.kind, HotplugFaultKind::NotReady);
+    assert!(err.message.contains("pciehp"), "{err}");
+    assert_eq!(rig.snapshot(), before);
+    assert!(lock(&rig.handles).is_empty());
+}
+
+#[test]
+fn a_device_the_guest_keeps_stays_until_surprise_removal() {
+    let mut rig = Rig::new(1, Guest::Clingy);
+    rig.hp.timeouts.remove = Duration::from_millis(200);
+    let before = rig.snapshot();
+    rig.add("a").unwrap();
+    let err = rig.hp.remove_device("a").unwrap_err();
+    assert_eq!(err.kind, HotplugFaultKind::NotReady);
+    assert!(err.message.contains("did not release device a"), "{err}");
+    assert_eq!(rig.hp.devices().len(), 1, "left in place");
+    assert_eq!(rig.snapshot().memslots, 1);
+    rig.hp.surprise_remove("a").unwrap();
+    assert_eq!(rig.snapshot(), before);
+}
+
+#[test]
+fn bad_requests_are_classified() {
+    let mut rig = Rig::new(1, Guest::Pciehp);
+    fn req(rig: &mut Rig, path: PathBuf, id: Option<&str>, iommu: bool) -> HotplugFault {
+        rig.hp
+            .add_device(AddDevice {
+                path,
+                id: id.map(str::to_string),
+                iommu,
+            })
+            .unwrap_err()
+    }
+    let e = req(&mut rig, path("a"), None, true);
+    assert_eq!(e.kind, HotplugFaultKind::BadRequest);
+    assert!(e.message.contains("iommu"), "{e}");
+    assert_eq!(
+        req(&mut rig, path("a"), Some("a b"), false).kind,
+        HotplugFaultKind::BadRequest
+    );
+    assert_eq!(
+        req(&mut rig, path("a"), Some(""), false).kind,
+        HotplugFaultKind::BadRequest
+    );
+    let e = req(&mut rig, path("nope"), Some("x"), false);
+    assert_eq!(e.kind, HotplugFaultKind::BadRequest, "{e}");
+    rig.add("a").unwrap();
+    // Same id, same device, no slot left.
+    let e = req(&mut rig, path("b"), Some("a"), false);
+    assert_eq!(e.kind, HotplugFaultKind::Conflict, "{e}");
+    let e = req(&mut rig, path("a"), Some("a2"), false);
+    assert_eq!(e.kind, HotplugFaultKind::Conflict, "{e}");
+    let e = req(&mut rig, path("b"), Some("b"), false);
+    assert_eq!(e.kind, HotplugFaultKind::Conflict, "{e}");
+    assert!(e.message.contains("no free hotplug slot"), "{e}");
+    assert_eq!(
+        rig.hp.remove_device("zz").unwrap_err().kind,
+        HotplugFaultKind::NotFound
+    );
+    // Without an id, the device's address names it.
+    rig.hp.remove_device("a").unwrap();
+    let info = rig
+        .hp
+        .add_device(AddDevice {
+            path: path("0000:00:04.0"),
+            id: None,
+            iommu: false,
+        })
+        .unwrap_err();
+    assert_eq!(
+        info.kind,
+        HotplugFaultKind::BadRequest,
+        "not offered by the host"
+    );
+}
+
+#[test]
+fn ram_conflicts_name_the_range() {
+    let r = |a, b| IovaRange::new(a, b).unwrap();
+    let ranges = DeviceRanges {
+        name: Arc::from("d"),
+        iova_ranges: Some(vec![r(0, 0xfedf_ffff), r(0xfef0_0000, u64::MAX)]),
+        reserved: vec![ReservedRegion {
+            range: r(0xfee0_0000, 0xfeef_ffff),
+            kind: ReservedKind::Msi,
+        }],
+    };
+    assert_eq!(ram_conflict(&ranges, &[(0, 0x8000_0000)]), None);
+    let why = ram_conflict(&ranges, &[(0, 0x8000_0000), (0xfe00_0000, 0x200_0000)]).unwrap();
+    assert!(why.contains("msi 0xfee00000-0xfeefffff"), "{why}");
+    let mut relaxable = ranges.clone();
+    relaxable.reserved[0].kind = ReservedKind::DirectRelaxable;
+    let why = ram_conflict(&relaxable, &[(0xfe00_0000, 0x200_0000)]).unwrap();
+    assert!(why.contains("outside the IOVA ranges"), "{why}");
+    relaxable.iova_ranges = None;
+    assert_eq!(ram_conflict(&relaxable, &[(0xfe00_0000, 0x200_0000)]), None);
+}
+
+#[test]
+fn a_failed_attach_undoes_the_first_device_ioas_and_ram() {
+    let mut rig = Rig::new(1, Guest::Pciehp);
+    let before = rig.snapshot();
+    rig.kvm.fail_add.store(true, Ordering::Relaxed);
+    let err = rig.add("a").unwrap_err();
+    assert_eq!(err.kind, HotplugFaultKind::Internal, "{err}");
+    assert!(err.message.contains("KVM_DEV_VFIO_FILE_ADD"), "{err}");
+    assert_eq!(rig.snapshot(), before);
+    assert!(rig.ioas_state().is_none());
+    // The slot is free and works once KVM accepts the device.
+    rig.kvm.fail_add.store(false, Ordering::Relaxed);
+    rig.add("a").unwrap();
+    rig.hp.remove_device("a").unwrap();
+    assert_eq!(rig.snapshot(), before);
+}
+
+#[test]
+fn the_device_goes_to_a_slot_the_guest_listens_to() {
+    let mut rig = Rig::new(2, Guest::NotOnFirst);
+    let info = rig.add("a").unwrap();
+    assert_eq!(info.bdf, "02:00.0", "behind the second port");
+    assert_eq!(rig.snapshot().present, vec![false, true]);
+    // The only slot the guest handles is taken now.
+    let err = rig.add("b").unwrap_err();
+    assert_eq!(err.kind, HotplugFaultKind::NotReady, "{err}");
+    assert!(err.message.contains("slot 1"), "{err}");
+    rig.hp.remove_device("a").unwrap();
+}
