@@ -63,9 +63,13 @@ for arch in $ARCHES; do
             EXTRA=("$qemu_bundle=/opt/qemu")
         fi
         # compare boots L2 4*K times (K=rig.compare_runs, default 5): give it the time.
+        # hotplug waits out pciehp's 5 s button delay twice per cycle (20 cycles).
         scenario_timeout=$RIG_TIMEOUT
-        if [ "$scenario" = compare ] && [ -z "${RIG_TIMEOUT_SET:-}" ]; then
-            scenario_timeout=2400
+        if [ -z "${RIG_TIMEOUT_SET:-}" ]; then
+            case "$scenario" in
+                compare) scenario_timeout=2400 ;;
+                hotplug) scenario_timeout=1200 ;;
+            esac
         fi
         # A failed scenario is run once more: QEMU-TCG emulating nested virtualization is not
         # fully deterministic (an x86 L2 once triple-faulted in early boot with the same inputs

@@ -49,6 +49,10 @@ pub trait GuestMemslots: Send + Sync {
     fn map(&self, gpa: u64, len: u64, host: HostVirtAddr) -> io::Result<MemslotId>;
     /// Removes a slot made by [`GuestMemslots::map`].
     fn unmap(&self, slot: MemslotId) -> io::Result<()>;
+    /// Slots mapped now, where the implementation counts them (for leak checks).
+    fn in_use(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// [`KvmVfio`] on a KVM VM: the VM's `KVM_DEV_TYPE_VFIO` device.

@@ -38,6 +38,58 @@ if [ -n "$NEW_SIG" ]; then
     echo "L2-REPORT net_irqs=$(sum_irqs 'virtio[0-9]+-(input|output)')"
     echo "L2-REPORT input_irqs=$(sum_irqs 'virtio[0-9]+-input')"
 fi
+# Hotplug (rig scenario hotplug.sh): L1 adds and removes passed-through devices through the
+# API while this runs; each step is a "L2-HP ..." line L1 waits for. The disk comes, is read
+# and written, goes, comes back; then the NIC comes and goes l2.hp_cycles times; then the disk
+# (plugged all along) is written once more, to show its DMA survived the NIC's cycles.
+HP_SIG=$(sed -n 's/.*l2.hp_sig=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$HP_SIG" ]; then
+    CYCLES=$(sed -n 's/.*l2.hp_cycles=\([0-9]*\).*/\1/p' /proc/cmdline)
+    # until_ SECONDS COMMAND... : polls COMMAND every 0.2 s; fails after SECONDS.
+    until_() {
+        n=$(($1 * 5))
+        shift
+        while ! "$@"; do
+            n=$((n - 1))
+            [ "$n" -gt 0 ] || return 1
+            sleep 0.2
+        done
+    }
+    has_pci() { # DEVICE-ID of a virtio function present
+        for d in /sys/bus/pci/devices/*; do
+            [ "$(cat "$d/vendor" 2>/dev/null)" = 0x1af4 ] && [ "$(cat "$d/device" 2>/dev/null)" = "0x$1" ] && return 0
+        done
+        return 1
+    }
+    no_pci() { ! has_pci "$1"; }
+    has_disk() { [ -b /dev/vda ]; }
+    no_disk() { [ ! -b /dev/vda ]; }
+    has_netif() { ls /sys/class/net | grep -qv '^lo$'; }
+    sig() { dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n 1 | tr -d '\0'; }
+    put_sig() { printf '%s\n' "$1" | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null && sync && echo ok || echo failed; }
+    echo "L2-HP ready slots=$(ls /sys/bus/pci/slots 2>/dev/null | wc -l) pciehp_ports=$(ls -d /sys/bus/pci_express/devices/*pciehp* 2>/dev/null | wc -l)"
+    if until_ 120 has_disk; then
+        echo "L2-HP blk sig=$(sig) write=$(put_sig "$HP_SIG")"
+    else
+        echo "L2-HP blk never appeared"
+    fi
+    until_ 120 no_disk && echo "L2-HP blk gone" || echo "L2-HP blk never went"
+    until_ 120 has_disk && echo "L2-HP blk back sig=$(sig)" || echo "L2-HP blk never came back"
+    i=1
+    while [ "$i" -le "${CYCLES:-0}" ]; do
+        if until_ 120 has_pci 1041 && until_ 30 has_netif; then
+            echo "L2-HP net up $i if=$(ls /sys/class/net | grep -v '^lo$' | head -1)"
+        else
+            echo "L2-HP net never came up $i"
+            break
+        fi
+        until_ 120 no_pci 1041 && echo "L2-HP net down $i" || { echo "L2-HP net never went $i"; break; }
+        i=$((i + 1))
+    done
+    echo "L2-HP blk final write=$(put_sig "$HP_SIG-final") sig=$(sig)"
+    echo "L2-REPORT blk_irqs=$(grep -iE 'virtio[0-9]+-req' /proc/interrupts | awk '{for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) s += $i; else break} END {print s + 0}')"
+    dmesg | grep -i pciehp | tail -n 5 | sed 's/^/L2-HP dmesg: /'
+fi
 # Throughput of /dev/vda when asked (rig scenario bench.sh): 32 MiB sequential read and write.
 if grep -q "l2.bench=1" /proc/cmdline; then
     for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done

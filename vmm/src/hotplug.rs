@@ -175,6 +175,20 @@ impl PciHotplug {
         }
     }
 
+    /// One line of what the VM holds for passthrough now; the rig's hotplug scenario
+    /// compares it across add/remove cycles.
+    fn usage(&self) -> String {
+        let (memslots, allowed) = lock(&self.passthrough).usage();
+        format!(
+            "in use: {} devices, {} MSI GSIs, {} KVM routes, {} BAR memslots, {} allowed IOVA ranges",
+            lock(&self.passthrough).len(),
+            self.irq.gsis_in_use(),
+            self.irq.routes().len(),
+            memslots.map_or_else(|| "?".to_string(), |n| n.to_string()),
+            allowed
+        )
+    }
+
     fn ram(&self) -> Vec<(u64, u64)> {
         self.mem
             .iter()
@@ -438,8 +452,9 @@ impl DeviceHotplug for PciHotplug {
         }
         if self.wait(&port, self.timeouts.add, |p| p.slot().powered_on()) {
             log::info!(
-                "hotplug: device {id} added at {guest_bdf} (slot {})",
-                index + 1
+                "hotplug: device {id} added at {guest_bdf} (slot {}); {}",
+                index + 1,
+                self.usage()
             );
             return Ok(DeviceInfo {
                 id,
@@ -498,7 +513,11 @@ impl DeviceHotplug for PciHotplug {
         }
         self.tear_down(index, id);
         lock(&port).eject();
-        log::info!("hotplug: device {id} removed from slot {}", index + 1);
+        log::info!(
+            "hotplug: device {id} removed from slot {}; {}",
+            index + 1,
+            self.usage()
+        );
         Ok(())
     }
 

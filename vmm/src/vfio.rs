@@ -490,6 +490,15 @@ impl Passthrough {
     pub fn ioas(&self) -> Option<passthrough::IoasId> {
         self.ioas.as_ref().map(|i| i.id())
     }
+
+    /// BAR memory slots in use (if counted) and IOVA ranges allowed in the IOAS (the
+    /// guest RAM regions while RAM is mapped for DMA): what hotplug cycles must not grow.
+    pub fn usage(&self) -> (Option<usize>, usize) {
+        (
+            self.memslots.in_use(),
+            self.dma.as_ref().map_or(0, |d| d.regions().len()),
+        )
+    }
 }
 
 impl Drop for Passthrough {
@@ -507,6 +516,7 @@ pub fn mem_slot_base(mem: &GuestMemoryMmap) -> u32 {
 /// KVM memory slots for BAR mmaps; freed slot numbers are reused.
 pub struct KvmMemslots {
     vm: Arc<VmFd>,
+    base: u32,
     next: AtomicU32,
     free: Mutex<Vec<u32>>,
 }
@@ -516,6 +526,7 @@ impl KvmMemslots {
     pub fn new(vm: Arc<VmFd>, base: u32) -> Self {
         KvmMemslots {
             vm,
+            base,
             next: AtomicU32::new(base),
             free: Mutex::new(Vec::new()),
         }
@@ -554,6 +565,11 @@ impl GuestMemslots for KvmMemslots {
                 Err(e)
             }
         }
+    }
+
+    fn in_use(&self) -> Option<usize> {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner()).len();
+        Some((self.next.load(Ordering::Relaxed) - self.base) as usize - free)
     }
 
     fn unmap(&self, slot: MemslotId) -> std::io::Result<()> {
