@@ -6,9 +6,12 @@
 //! (`include/uapi/linux/iommufd.h`, `drivers/iommu/iommufd/`); the conformance suite
 //! ([`crate::conformance`]) holds both backends to them.
 //!
-//! Not here: vIOMMU/vDEVICE objects, nested (stage-1) HWPTs with driver data, dirty
-//! tracking bitmaps, IOAS copy, PASID attach. The trait covers a VMM that gives each
-//! passed-through device the guest's RAM as its IOVA space.
+//! Nested translation on ARM SMMUv3 is covered too: a vIOMMU over a `NEST_PARENT` HWPT,
+//! vDEVICEs (guest StreamIDs), nested HWPTs from a guest STE, invalidations forwarded on
+//! the vIOMMU and a vEVENTQ to read the guest's faults from.
+//!
+//! Not here: other vIOMMU types (VT-d, AMD, Tegra CMDQV), dirty tracking bitmaps, IOAS
+//! copy, PASID attach, fault (PRI) queues, HW queues.
 
 use std::fmt;
 use std::io;
@@ -50,6 +53,56 @@ id_type!(
     /// Id of a device bound to the iommufd (`VFIO_DEVICE_BIND_IOMMUFD`'s `out_devid`).
     DevId
 );
+
+id_type!(
+    /// Id of a vIOMMU (`IOMMU_VIOMMU_ALLOC`).
+    ViommuId
+);
+id_type!(
+    /// Id of a vDEVICE (`IOMMU_VDEVICE_ALLOC`).
+    VdeviceId
+);
+id_type!(
+    /// Id of a vEVENTQ (`IOMMU_VEVENTQ_ALLOC`).
+    VeventqId
+);
+
+impl From<ViommuId> for ObjectId {
+    fn from(id: ViommuId) -> ObjectId {
+        ObjectId(id.0)
+    }
+}
+
+impl From<VdeviceId> for ObjectId {
+    fn from(id: VdeviceId) -> ObjectId {
+        ObjectId(id.0)
+    }
+}
+
+impl From<VeventqId> for ObjectId {
+    fn from(id: VeventqId) -> ObjectId {
+        ObjectId(id.0)
+    }
+}
+
+/// One guest STE as `IOMMU_HWPT_DATA_ARM_SMMUV3` carries it (`struct
+/// iommu_hwpt_arm_smmuv3`): the STE's first two 64-bit words, CPU order.
+pub type VSte = [u64; 2];
+
+/// One raw SMMUv3 command as `IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3` carries it.
+pub type SmmuCmd = [u64; 2];
+
+/// One record read from a vEVENTQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VEvent {
+    /// `iommufd_vevent_header.sequence` (31 bits, wraps).
+    pub sequence: u32,
+    /// The queue overflowed before this point (`IOMMU_VEVENTQ_FLAG_LOST_EVENTS`); such a
+    /// record has no event data.
+    pub lost: bool,
+    /// `struct iommu_vevent_arm_smmuv3`: the event with the StreamID already the vSID.
+    pub event: [u64; 4],
+}
 
 impl From<IoasId> for ObjectId {
     fn from(id: IoasId) -> ObjectId {
@@ -249,6 +302,33 @@ pub enum Op {
     Detach(DevId),
     /// Closing the VFIO cdev.
     Unbind(DevId),
+    /// `IOMMU_VIOMMU_ALLOC` (type ARM_SMMUV3).
+    ViommuAlloc {
+        /// A device behind the physical SMMU.
+        dev: DevId,
+        /// The `NEST_PARENT` HWPT (stage 2).
+        parent: HwptId,
+    },
+    /// `IOMMU_VDEVICE_ALLOC`.
+    VdeviceAlloc {
+        /// The vIOMMU.
+        viommu: ViommuId,
+        /// The device.
+        dev: DevId,
+        /// Its guest-visible id (the vSID).
+        virt_id: u64,
+    },
+    /// `IOMMU_HWPT_ALLOC` of a nested HWPT on a vIOMMU (`IOMMU_HWPT_DATA_ARM_SMMUV3`).
+    NestedAlloc {
+        /// The device.
+        dev: DevId,
+        /// The vIOMMU.
+        viommu: ViommuId,
+    },
+    /// `IOMMU_VEVENTQ_ALLOC` (type ARM_SMMUV3).
+    VeventqAlloc(ViommuId),
+    /// Reading a vEVENTQ's fd.
+    ReadVevents(VeventqId),
 }
 
 impl fmt::Display for Op {
@@ -301,6 +381,24 @@ impl fmt::Display for Op {
             }
             Op::Detach(dev) => write!(f, "VFIO_DEVICE_DETACH_IOMMUFD_PT of device {dev}"),
             Op::Unbind(dev) => write!(f, "unbinding device {dev}"),
+            Op::ViommuAlloc { dev, parent } => write!(
+                f,
+                "IOMMU_VIOMMU_ALLOC (ARM SMMUv3) for device {dev} on stage-2 HWPT {parent}"
+            ),
+            Op::VdeviceAlloc {
+                viommu,
+                dev,
+                virt_id,
+            } => write!(
+                f,
+                "IOMMU_VDEVICE_ALLOC of device {dev} as virtual id {virt_id:#x} on vIOMMU {viommu}"
+            ),
+            Op::NestedAlloc { dev, viommu } => write!(
+                f,
+                "IOMMU_HWPT_ALLOC of a nested HWPT (guest STE) for device {dev} on vIOMMU {viommu}"
+            ),
+            Op::VeventqAlloc(viommu) => write!(f, "IOMMU_VEVENTQ_ALLOC on vIOMMU {viommu}"),
+            Op::ReadVevents(q) => write!(f, "reading vEVENTQ {q}"),
         }
     }
 }
@@ -329,6 +427,22 @@ pub enum IommufdError {
         /// Buffer entries given.
         given: u32,
     },
+    /// `IOMMU_HWPT_INVALIDATE` on a vIOMMU stopped at command `done` of `total`.
+    #[error(
+        "IOMMU_HWPT_INVALIDATE on vIOMMU {viommu}: command {done} of {total} failed: {}{}",
+        errno_text(*.errno),
+        invalidate_hint(*.errno)
+    )]
+    Invalidate {
+        /// The vIOMMU.
+        viommu: ViommuId,
+        /// Commands the kernel handled before the failing one (its `entry_num` answer).
+        done: u32,
+        /// Commands given.
+        total: u32,
+        /// The errno.
+        errno: i32,
+    },
     /// The iommufd character device could not be opened.
     #[error("cannot open {}: {source}{}", .path.display(), open_hint(.source))]
     Open {
@@ -348,7 +462,7 @@ impl IommufdError {
     /// The errno the kernel (or the model) returned.
     pub fn errno(&self) -> i32 {
         match self {
-            IommufdError::Failed { errno, .. } => *errno,
+            IommufdError::Failed { errno, .. } | IommufdError::Invalidate { errno, .. } => *errno,
             IommufdError::RangesBufferTooSmall { .. } => libc::EMSGSIZE,
             IommufdError::Open { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
@@ -359,8 +473,19 @@ impl IommufdError {
         match self {
             IommufdError::Failed { op, .. } => Some(*op),
             IommufdError::RangesBufferTooSmall { ioas, .. } => Some(Op::IovaRanges(*ioas)),
-            IommufdError::Open { .. } => None,
+            IommufdError::Invalidate { .. } | IommufdError::Open { .. } => None,
         }
+    }
+}
+
+fn invalidate_hint(errno: i32) -> &'static str {
+    match errno {
+        libc::EIO => {
+            "; the command is not one a vIOMMU forwards (CFGI_CD, CFGI_CD_ALL, ATC_INV, \
+             TLBI_NH_*, TLBI_NSNH_ALL) or names a StreamID with no vDEVICE"
+        }
+        libc::EINVAL => "; the id is not a vIOMMU or nested HWPT",
+        _ => "",
     }
 }
 
@@ -452,6 +577,30 @@ fn hint(op: &Op, errno: i32) -> &'static str {
              SMMUv3 with nesting; VT-d without nesting refuses them)"
         }
         (Op::HwptAlloc { .. }, EINVAL) => "; the pt id is not an IOAS",
+        (Op::ViommuAlloc { .. }, EOPNOTSUPP) => {
+            "; the host SMMU cannot nest for a VM: it needs stage-1 and stage-2 \
+             (FEAT_NESTING) and a coherent stage 2 (S2FWB, or a CANWBS device)"
+        }
+        (Op::ViommuAlloc { .. }, EINVAL) => {
+            "; the stage-2 HWPT was not allocated with IOMMU_HWPT_ALLOC_NEST_PARENT, or \
+             belongs to another SMMU"
+        }
+        (Op::VdeviceAlloc { .. }, EEXIST) => {
+            "; the device already has a vDEVICE, or another device has this virtual id"
+        }
+        (Op::VdeviceAlloc { .. } | Op::NestedAlloc { .. }, EINVAL) => {
+            "; the device sits behind another physical SMMU than the vIOMMU's"
+        }
+        (Op::NestedAlloc { .. }, EIO) => {
+            "; the STE sets fields a guest may not (only V, Config, S1Fmt, S1ContextPtr, \
+             S1CDMax, S1DSS, S1CIR/COR/CSH, S1STALLD and EATS are allowed) or an \
+             unsupported Config/EATS value"
+        }
+        (Op::VeventqAlloc(_), EEXIST) => "; the vIOMMU already has a vEVENTQ of this type",
+        (Op::Attach { .. }, ENOENT) => {
+            "; the object is gone, or a translating nested HWPT was attached before the \
+             device's vDEVICE existed"
+        }
         (Op::Destroy(_), EBUSY) => {
             "; the object is still in use: detach its devices and destroy the HWPTs using \
              it first"
@@ -538,6 +687,28 @@ pub trait Iommufd {
 
     /// Close the device's cdev, which detaches and unbinds it.
     fn unbind_device(&mut self, dev: DevId) -> Result<()>;
+
+    /// `IOMMU_VIOMMU_ALLOC` of type ARM_SMMUV3 for the physical SMMU behind `dev`, over
+    /// the stage-2 HWPT `parent` (which must be a `NEST_PARENT`).
+    fn alloc_viommu(&mut self, dev: DevId, parent: HwptId) -> Result<ViommuId>;
+
+    /// `IOMMU_VDEVICE_ALLOC`: `dev` is `virt_id` (its guest StreamID) on `viommu`.
+    fn alloc_vdevice(&mut self, viommu: ViommuId, dev: DevId, virt_id: u64) -> Result<VdeviceId>;
+
+    /// `IOMMU_HWPT_ALLOC` of a nested HWPT on `viommu` from a guest STE
+    /// (`IOMMU_HWPT_DATA_ARM_SMMUV3`); `EIO` for fields or values a guest may not set.
+    fn alloc_nested_hwpt(&mut self, dev: DevId, viommu: ViommuId, ste: VSte) -> Result<HwptId>;
+
+    /// `IOMMU_HWPT_INVALIDATE` on `viommu` with raw SMMUv3 commands
+    /// (`IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`), their StreamIDs being vSIDs. On a
+    /// failure, [`IommufdError::Invalidate`] says how many the kernel handled.
+    fn invalidate_viommu(&mut self, viommu: ViommuId, cmds: &[SmmuCmd]) -> Result<()>;
+
+    /// `IOMMU_VEVENTQ_ALLOC` of type ARM_SMMUV3 with room for `depth` events.
+    fn alloc_veventq(&mut self, viommu: ViommuId, depth: u32) -> Result<VeventqId>;
+
+    /// Reads up to `max` pending records of a vEVENTQ without blocking (none: empty).
+    fn read_vevents(&mut self, veventq: VeventqId, max: usize) -> Result<Vec<VEvent>>;
 
     /// All IOVA ranges of `ioas`, retrying with a larger buffer on `EMSGSIZE`.
     fn iova_ranges(&mut self, ioas: IoasId) -> Result<IovaRanges> {
