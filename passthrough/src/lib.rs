@@ -57,7 +57,7 @@ pub mod kernel;
 pub mod memlock;
 pub mod memory_map;
 pub mod model;
-
+pub mod nested;
 pub mod passthrough_device;
 pub mod ram_dma;
 pub mod reserved_regions;
