@@ -248,6 +248,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         passthrough,
         &config.disks,
         config.rng,
+        machine::vsmmu_slot(),
         &mut pio,
         &mut mmio,
     )?;
@@ -270,7 +271,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
             )
         })
         .collect();
-    machine::boot(&vm, &mem, &ram, config, &vcpus)?;
+    machine::boot(&vm, &mem, &ram, config, &vcpus, pci.vsmmu_node())?;
 
     log::info!(
         "vCPUs start {:.1} ms after the VMM started",

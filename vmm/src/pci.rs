@@ -86,6 +86,11 @@ impl PciSegment {
     pub fn passthrough_count(&self) -> usize {
         self.passthrough.as_ref().map_or(0, |p| p.len())
     }
+
+    /// The vSMMU's device tree description, if devices sit behind one.
+    pub fn vsmmu_node(&self) -> Option<&crate::vsmmu::VsmmuNode> {
+        self.passthrough.as_ref().and_then(|p| p.vsmmu_node())
+    }
 }
 
 /// Moves a device's queue ioeventfds from the BAR's old address to its new one.
@@ -128,6 +133,7 @@ pub fn create_pci_segment(
     passthrough: Option<PassthroughPlan>,
     disks: &[DiskConfig],
     rng: bool,
+    vsmmu: Option<crate::vsmmu::VsmmuSlot>,
     pio: &mut Bus,
     mmio: &mut Bus,
 ) -> Result<PciSegment, PciError> {
@@ -154,7 +160,17 @@ pub fn create_pci_segment(
     // Passed-through functions take the first slots after the host bridge.
     let attached = match passthrough {
         Some(plan) => {
-            let a = plan.attach(vm.clone(), mem, irq, &mut root, 1, msi_devid, IO_BARS)?;
+            let a = plan.attach(
+                vm.clone(),
+                mem,
+                irq,
+                &mut root,
+                1,
+                msi_devid,
+                IO_BARS,
+                vsmmu,
+                &mut *mmio,
+            )?;
             functions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -13,21 +13,25 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devices::pci::{MsiInterruptGroup, PciBdf, PciRoot};
+use devices::smmuv3::HostSmmuInfo;
+use devices::Bus;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use passthrough::device_spec::{locate_all, DeviceSpec, LocatedDevice};
 use passthrough::hypervisor::{GuestMemslots, KernelKvmVfio, MemslotId};
 use passthrough::memlock::MemlockLimit;
 use passthrough::memory_map::DeviceRanges;
+use passthrough::nested::NestingUnsupported;
 use passthrough::passthrough_device::{
     open_iommufd, KernelOpener, PassthroughDevice, VmPassthrough,
 };
 use passthrough::ram_dma::{GuestRam, GuestRamDma, RamDmaError, SharedIommufd, VmIoas};
 use passthrough::vfio_pci::VfioPciFunction;
-use passthrough::{probe_ranges, HostVirtAddr, Sysfs};
+use passthrough::{probe_ranges, HostVirtAddr, ReservedKind, Sysfs};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::interrupts::InterruptManager;
+use crate::vsmmu::{NestedDevice, VmVsmmu, VsmmuError, VsmmuNode, VsmmuSlot};
 
 /// Where VFIO cdevs and the iommufd live on a host.
 const VFIO_DEV_ROOT: &str = "/dev/vfio/devices";
@@ -62,6 +66,21 @@ pub enum VfioError {
         "--device {0}: placed at {1}, expected {2}: its MSI routes would carry the wrong DeviceID"
     )]
     UnexpectedSlot(String, PciBdf, PciBdf),
+    /// iommu=on where there is no vSMMU.
+    #[error(
+        "--device {0}: iommu=on needs a guest-visible SMMUv3, which this VMM offers on \
+         aarch64 only; drop iommu=on on this host"
+    )]
+    IommuArch(String),
+    /// The host cannot nest the device's translation.
+    #[error(
+        "--device {0}: iommu=on needs nested translation by the host IOMMU, which this host \
+         cannot do: {1}"
+    )]
+    Nesting(String, NestingUnsupported),
+    /// The vSMMU could not be set up.
+    #[error(transparent)]
+    Vsmmu(#[from] VsmmuError),
 }
 
 /// The devices to pass through, found and probed before guest RAM is placed.
@@ -69,6 +88,8 @@ pub struct PassthroughPlan {
     located: Vec<LocatedDevice>,
     iommufd: SharedIommufd,
     ranges: Vec<DeviceRanges>,
+    /// Per device: the host SMMU's ID registers if it goes behind the vSMMU (iommu=on).
+    nesting: Vec<Option<HostSmmuInfo>>,
 }
 
 impl PassthroughPlan {
@@ -82,6 +103,11 @@ impl PassthroughPlan {
             .iter()
             .map(|s| s.parse::<DeviceSpec>())
             .collect::<Result<Vec<_>, _>>()?;
+        if !cfg!(target_arch = "aarch64") {
+            if let Some(s) = specs.iter().find(|s| s.iommu) {
+                return Err(VfioError::IommuArch(s.name()));
+            }
+        }
         let located = locate_all(&specs, Path::new(VFIO_DEV_ROOT))?;
         let mut fd = open_iommufd(Path::new(IOMMUFD), &located)?;
         let sysfs = Sysfs::host();
@@ -92,10 +118,22 @@ impl PassthroughPlan {
                     .map_err(|e| VfioError::Probe(d.name.clone(), e))?,
             );
         }
+        // Before the VM exists: a host that cannot nest is one clear error now.
+        let mut nesting = Vec::with_capacity(located.len());
+        for d in &located {
+            nesting.push(match d.spec.iommu {
+                true => Some(
+                    passthrough::nested::probe_nesting_cdev(&mut fd, &d.pci)
+                        .map_err(|e| VfioError::Nesting(d.name.clone(), e))?,
+                ),
+                false => None,
+            });
+        }
         Ok(Some(PassthroughPlan {
             located,
             iommufd: Arc::new(Mutex::new(fd)),
             ranges,
+            nesting,
         }))
     }
 
@@ -105,8 +143,9 @@ impl PassthroughPlan {
     }
 
     /// Attaches every device to a new IOAS and to KVM, puts its function on `root` (from
-    /// slot `first_slot` on, in order), and maps guest RAM for DMA. `msi_devid`: MSI routes
-    /// carry the function's requester ID as ITS DeviceID (aarch64).
+    /// slot `first_slot` on, in order), puts the iommu=on devices behind a vSMMU at
+    /// `vsmmu` on `mmio`, and maps guest RAM for DMA. `msi_devid`: MSI routes carry the
+    /// function's requester ID as ITS DeviceID (aarch64).
     #[allow(clippy::too_many_arguments)]
     pub fn attach(
         self,
@@ -117,16 +156,22 @@ impl PassthroughPlan {
         first_slot: u8,
         msi_devid: bool,
         io_bars: bool,
+        vsmmu: Option<VsmmuSlot>,
+        mmio: &mut Bus,
     ) -> Result<AttachedPassthrough, VfioError> {
         let t0 = std::time::Instant::now();
         let ioas = VmIoas::new(self.iommufd.clone())?;
         let kvm = Arc::new(KernelKvmVfio::new(&vm).map_err(VfioError::KvmVfio)?);
+        let vm_fd = vm.clone();
         let memslots = Arc::new(KvmMemslots::new(vm, mem_slot_base(mem)));
         let mut ctx = VmPassthrough::new(self.iommufd.clone(), ioas.id(), kvm, memslots);
         ctx.options.io_bars = io_bars;
 
         let mut devices = Vec::with_capacity(self.located.len());
         let mut functions = HashMap::new();
+        let mut nested = Vec::new();
+        let mut host_smmu = None;
+        let mut msi_windows: Vec<(u64, u64)> = Vec::new();
         for (i, d) in self.located.iter().enumerate() {
             let expected = PciBdf::new(0, first_slot + i as u8, 0).ok_or_else(|| {
                 VfioError::Root(d.name.clone(), devices::pci::PciRootError::NoFreeSlot)
@@ -153,9 +198,46 @@ impl PassthroughPlan {
                 return Err(VfioError::UnexpectedSlot(d.name.clone(), bdf, expected));
             }
             log::info!("PCI {bdf}: passthrough of {} ({})", d.name, d.pci.bdf);
+            if let (Some(host), Some(dev)) = (self.nesting[i], pt.dev_id()) {
+                host_smmu.get_or_insert(host);
+                nested.push(NestedDevice {
+                    name: d.name.clone(),
+                    dev,
+                    rid: bdf.requester_id(),
+                });
+                let windows = self.ranges[i]
+                    .reserved
+                    .iter()
+                    .filter(|r| r.kind == ReservedKind::Msi)
+                    .filter_map(|r| {
+                        Some((r.range.first_raw(), u64::try_from(r.range.size()).ok()?))
+                    });
+                for w in windows {
+                    if !msi_windows.contains(&w) {
+                        msi_windows.push(w);
+                    }
+                }
+            }
             functions.insert(bdf, f);
             devices.push(pt);
         }
+        let vsmmu = match (vsmmu, host_smmu) {
+            (Some(slot), Some(host)) => Some(VmVsmmu::new(
+                self.iommufd.clone(),
+                ioas.id(),
+                &nested,
+                &host,
+                mem.clone(),
+                &vm_fd,
+                slot,
+                msi_windows,
+                mmio,
+            )?),
+            (None, Some(_)) => {
+                return Err(VfioError::IommuArch(nested[0].name.clone()));
+            }
+            _ => None,
+        };
         let who = self
             .located
             .iter()
@@ -201,19 +283,22 @@ impl PassthroughPlan {
             dma: Some(dma),
             devices,
             functions,
+            vsmmu,
             _ioas: ioas,
             _iommufd: self.iommufd,
         })
     }
 }
 
-/// Passed-through devices of a running VM. Fields drop in order: RAM DMA mappings, the
-/// devices (detach, unbind, KVM remove, close), the IOAS, the iommufd.
+/// Passed-through devices of a running VM. Teardown order: the vSMMU's host objects, RAM
+/// DMA mappings, the devices (detach, unbind, KVM remove, close), the vSMMU (its stage 2),
+/// the IOAS, the iommufd.
 pub struct AttachedPassthrough {
     dma: Option<GuestRamDma>,
     devices: Vec<PassthroughDevice>,
     /// Functions by guest BDF, for BAR moves.
     pub functions: HashMap<PciBdf, Arc<Mutex<VfioPciFunction>>>,
+    vsmmu: Option<VmVsmmu>,
     _ioas: VmIoas,
     _iommufd: SharedIommufd,
 }
@@ -228,10 +313,18 @@ impl AttachedPassthrough {
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
     }
+
+    /// The vSMMU's device tree description, if devices sit behind one.
+    pub fn vsmmu_node(&self) -> Option<&VsmmuNode> {
+        self.vsmmu.as_ref().map(VmVsmmu::node)
+    }
 }
 
 impl Drop for AttachedPassthrough {
     fn drop(&mut self) {
+        if let Some(v) = &self.vsmmu {
+            v.release_host();
+        }
         self.dma.take();
         self.devices.clear();
     }

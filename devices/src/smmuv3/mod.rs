@@ -114,6 +114,27 @@ impl std::fmt::Display for Smmuv3Stats {
     }
 }
 
+/// What serves the SMMU after [`Smmuv3::take_backend`]: no streams, nothing to forward.
+struct Detached;
+
+impl Smmuv3Backend for Detached {
+    fn stream_ids(&self) -> Vec<u32> {
+        Vec::new()
+    }
+    fn install_ste(&mut self, _: u32, _: [u64; 2]) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn invalidate(&mut self, _: &[[u64; 2]]) -> Result<(), InvalidateError> {
+        Ok(())
+    }
+    fn enable_events(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn read_events(&mut self, _: usize) -> Vec<BackendEvent> {
+        Vec::new()
+    }
+}
+
 /// Invalidations forwarded at most per host call (a long queue without CMD_SYNC).
 const BATCH_MAX: usize = 128;
 /// Events moved into the guest queue per [`Smmuv3::service_events`] call at most.
@@ -233,6 +254,12 @@ impl<M: GuestMemory> Smmuv3<M> {
     /// The guest's ID registers.
     pub fn idr(&self) -> [u32; 6] {
         self.idr
+    }
+
+    /// Takes the backend out, leaving one that serves no stream: the VMM drops the
+    /// returned backend (its host objects) before it detaches the devices it served.
+    pub fn take_backend(&mut self) -> Box<dyn Smmuv3Backend> {
+        std::mem::replace(&mut self.backend, Box::new(Detached))
     }
 
     /// Replaces guest memory (after a hotplug or on restore).

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use libc::{EBUSY, EINVAL, ENOENT, EOPNOTSUPP, EOVERFLOW};
 
-pub use device::ModelDevice;
+pub use device::{smmuv3_hw_info_data, ModelDevice, SMMUV3_RIG_IDR};
 use io_pagetable::{IoPagetable, Owner};
 
 use crate::iommufd::{

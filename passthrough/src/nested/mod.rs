@@ -22,6 +22,7 @@
 
 mod nest_parent;
 mod nested_hwpt;
+mod probe;
 mod smmu_backend;
 mod vdevice;
 mod veventq;
@@ -29,6 +30,7 @@ mod viommu;
 
 pub use nest_parent::NestParent;
 pub use nested_hwpt::NestedHwpt;
+pub use probe::{probe_nesting, probe_nesting_cdev, NestingUnsupported};
 pub use smmu_backend::{IommufdSmmu, SmmuStream};
 pub use vdevice::Vdevice;
 pub use veventq::Veventq;

@@ -1,0 +1,249 @@
+//! The VM's guest-visible SMMUv3 (`--device ...,iommu=on`, aarch64): the devices behind
+//! it move from the VM's IOAS onto a nesting parent (stage 2 = guest RAM at IOVA = GPA),
+//! get a vDEVICE each with their requester ID as StreamID, and the emulated SMMU
+//! (`devices::smmuv3`) goes on the MMIO bus with its two wired SPIs, backed by
+//! `passthrough::nested::IommufdSmmu`. A thread moves host events (the vEVENTQ) into
+//! the guest's event queue and logs the SMMU's counters when they change.
+//!
+//! Teardown: [`VmVsmmu::release_host`] drops the host objects (devices back on the stage
+//! 2, nested HWPTs, vDEVICEs, vEVENTQ, vIOMMU) before the devices are detached; dropping
+//! the `VmVsmmu` then stops the thread and destroys the stage 2.
+//!
+//! Not here: the device tree nodes (`arch::aarch64::fdt` from [`VmVsmmu::node`]), KVM MSI
+//! routes (unchanged: the vITS doorbell with the device's RID).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::smmuv3::{HostSmmuInfo, Smmuv3, Smmuv3Irqs, Smmuv3Stats};
+use devices::Bus;
+use kvm_ioctls::VmFd;
+use passthrough::nested::{IommufdSmmu, NestParent, NestedError};
+use passthrough::ram_dma::SharedIommufd;
+use passthrough::{DevId, IoasId};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// How often host events are collected (the vEVENTQ is read without blocking).
+const EVENT_POLL: Duration = Duration::from_millis(20);
+/// How often changed counters are logged.
+const STATS_EVERY: Duration = Duration::from_secs(10);
+
+/// What the device tree says about the vSMMU.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VsmmuNode {
+    /// MMIO base (two 64 KiB pages).
+    pub base: u64,
+    /// SPI of the event queue interrupt.
+    pub eventq_spi: u32,
+    /// SPI of the GERROR interrupt.
+    pub gerror_spi: u32,
+    /// Requester IDs (= StreamIDs) of the functions behind it, on bus 0.
+    pub rids: Vec<u16>,
+    /// The host's software MSI windows of those functions (`msi` in their IOMMU group's
+    /// reserved_regions), as (start, size): the guest's stage 1 must map them 1:1.
+    pub msi_windows: Vec<(u64, u64)>,
+}
+
+/// Where the arch layout puts the vSMMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VsmmuSlot {
+    /// MMIO base.
+    pub base: u64,
+    /// Bytes of MMIO.
+    pub size: u64,
+    /// SPI = GSI of the event queue interrupt.
+    pub eventq_spi: u32,
+    /// SPI = GSI of the GERROR interrupt.
+    pub gerror_spi: u32,
+}
+
+/// A passed-through device to put behind the vSMMU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NestedDevice {
+    /// How messages name it.
+    pub name: String,
+    /// Its iommufd device id.
+    pub dev: DevId,
+    /// Its guest requester ID (the vSID).
+    pub rid: u16,
+}
+
+/// Errors setting up the vSMMU.
+#[derive(Debug, thiserror::Error)]
+pub enum VsmmuError {
+    /// An iommufd object could not be made.
+    #[error("--device {name} (iommu=on): {source}")]
+    Nested {
+        /// The device.
+        name: String,
+        /// What failed, with the kernel's errno.
+        source: NestedError,
+    },
+    /// An interrupt eventfd could not be created.
+    #[error(
+        "cannot create the vSMMU {what} interrupt eventfd: {source}; raise the open-file limit"
+    )]
+    EventFd {
+        /// Which interrupt.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// KVM_IRQFD failed.
+    #[error("KVM_IRQFD for the vSMMU {what} interrupt (GSI {gsi}) failed: {source}")]
+    Irqfd {
+        /// Which interrupt.
+        what: &'static str,
+        /// The GSI.
+        gsi: u32,
+        /// Why.
+        source: kvm_ioctls::Error,
+    },
+    /// The MMIO window is taken.
+    #[error("vSMMU MMIO window: {0}")]
+    Bus(#[from] devices::BusError),
+    /// Nothing to put behind it.
+    #[error("a vSMMU needs at least one --device with iommu=on")]
+    NoDevices,
+    /// The event thread could not start.
+    #[error("cannot start the vSMMU event thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The running vSMMU. See the module docs.
+pub struct VmVsmmu {
+    smmu: Arc<Mutex<Smmuv3<GuestMemoryMmap>>>,
+    node: VsmmuNode,
+    stop: Arc<AtomicBool>,
+    events: Option<JoinHandle<()>>,
+    parent: Option<NestParent>,
+}
+
+fn irq(vm: &VmFd, what: &'static str, gsi: u32) -> Result<EventFd, VsmmuError> {
+    let evt = EventFd::new(EFD_NONBLOCK).map_err(|source| VsmmuError::EventFd { what, source })?;
+    vm.register_irqfd(&evt, gsi)
+        .map_err(|source| VsmmuError::Irqfd { what, gsi, source })?;
+    Ok(evt)
+}
+
+impl VmVsmmu {
+    /// Puts `devices` (bound and attached to `ioas`, all behind one host SMMU described by
+    /// `host`) behind a new vSMMU at `slot` on `mmio`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        iommufd: SharedIommufd,
+        ioas: IoasId,
+        devices: &[NestedDevice],
+        host: &HostSmmuInfo,
+        mem: GuestMemoryMmap,
+        vm: &VmFd,
+        slot: VsmmuSlot,
+        msi_windows: Vec<(u64, u64)>,
+        mmio: &mut Bus,
+    ) -> Result<VmVsmmu, VsmmuError> {
+        let (first, rest) = devices.split_first().ok_or(VsmmuError::NoDevices)?;
+        let nested = |d: &NestedDevice| {
+            let name = d.name.clone();
+            move |source| VsmmuError::Nested { name, source }
+        };
+        let parent = NestParent::new(iommufd.clone(), ioas, first.dev).map_err(nested(first))?;
+        for d in rest {
+            parent.attach(d.dev).map_err(nested(d))?;
+        }
+        let mut backend =
+            IommufdSmmu::new(iommufd.clone(), &parent, first.dev).map_err(nested(first))?;
+        for d in devices {
+            backend
+                .add_device(d.dev, u32::from(d.rid))
+                .map_err(nested(d))?;
+        }
+        let irqs = Smmuv3Irqs {
+            eventq: Box::new(irq(vm, "event queue", slot.eventq_spi)?),
+            gerror: Box::new(irq(vm, "GERROR", slot.gerror_spi)?),
+        };
+        let smmu = Arc::new(Mutex::new(Smmuv3::new(mem, host, Box::new(backend), irqs)));
+        mmio.insert(smmu.clone(), slot.base, slot.size)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let events = {
+            let (smmu, stop) = (smmu.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("vsmmu-events".into())
+                .spawn(move || event_thread(&smmu, &stop))
+                .map_err(VsmmuError::Thread)?
+        };
+        let node = VsmmuNode {
+            base: slot.base,
+            eventq_spi: slot.eventq_spi,
+            gerror_spi: slot.gerror_spi,
+            rids: devices.iter().map(|d| d.rid).collect(),
+            msi_windows,
+        };
+        log::info!(
+            "vSMMU at {:#x}: {} device(s) behind it (StreamIDs {:x?}), host MSI windows {:x?}",
+            slot.base,
+            devices.len(),
+            node.rids,
+            node.msi_windows
+        );
+        Ok(VmVsmmu {
+            smmu,
+            node,
+            stop,
+            events: Some(events),
+            parent: Some(parent),
+        })
+    }
+
+    /// What the device tree needs.
+    pub fn node(&self) -> &VsmmuNode {
+        &self.node
+    }
+
+    /// The SMMU's counters.
+    pub fn stats(&self) -> Smmuv3Stats {
+        self.smmu.lock().unwrap_or_else(|e| e.into_inner()).stats()
+    }
+
+    /// Drops the host objects behind the SMMU (call before detaching the devices).
+    pub fn release_host(&self) {
+        let backend = self
+            .smmu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_backend();
+        drop(backend);
+    }
+}
+
+impl Drop for VmVsmmu {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.events.take() {
+            let _ = h.join();
+        }
+        self.release_host();
+        log::info!("vSMMU: {}", self.stats());
+        self.parent.take();
+    }
+}
+
+fn event_thread(smmu: &Mutex<Smmuv3<GuestMemoryMmap>>, stop: &AtomicBool) {
+    let mut logged = Smmuv3Stats::default();
+    let mut last_log = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(EVENT_POLL);
+        let stats = {
+            let mut s = smmu.lock().unwrap_or_else(|e| e.into_inner());
+            s.service_events();
+            s.stats()
+        };
+        if stats != logged && last_log.elapsed() >= STATS_EVERY {
+            log::info!("vSMMU: {stats}");
+            logged = stats;
+            last_log = Instant::now();
+        }
+    }
+}
