@@ -2,7 +2,14 @@
 //! bound to it, and implements [`Iommufd`] with one ioctl per method, through
 //! iommufd-ioctls where it has the call and the crate's `sys` module where it does not.
 //!
-//! It keeps no state of its own beyond the device fds: the kernel is the truth. Dropping
+//! The nesting calls (`IOMMU_VIOMMU_ALLOC`, `IOMMU_VDEVICE_ALLOC`, nested
+//! `IOMMU_HWPT_ALLOC`, `IOMMU_HWPT_INVALIDATE`, `IOMMU_VEVENTQ_ALLOC`) use iommufd-ioctls'
+//! raw `IommuFd` methods: its `IommufdVIommu`/`IommufdVEventQ` types own their own
+//! `Arc<IommuFd>`, make the abort/bypass HWPTs themselves and send one command per
+//! invalidation ioctl, which does not fit one trait call per ioctl with batching; none of
+//! these calls is missing from the crate. vEVENTQ records are read from its fd here.
+//!
+//! It keeps no state of its own beyond the device and vEVENTQ fds: the kernel is the truth. Dropping
 //! it closes the cdevs (unbinding the devices) and then the iommufd, which destroys every
 //! object made through it.
 
