@@ -710,6 +710,12 @@ pub trait Iommufd {
     /// Reads up to `max` pending records of a vEVENTQ without blocking (none: empty).
     fn read_vevents(&mut self, veventq: VeventqId, max: usize) -> Result<Vec<VEvent>>;
 
+    /// A duplicate of a vEVENTQ's fd, readable while events are pending, for an event
+    /// loop; `None` where there is no fd (the model) or no such queue.
+    fn veventq_fd(&self, _veventq: VeventqId) -> Option<OwnedFd> {
+        None
+    }
+
     /// All IOVA ranges of `ioas`, retrying with a larger buffer on `EMSGSIZE`.
     fn iova_ranges(&mut self, ioas: IoasId) -> Result<IovaRanges> {
         let mut buf = vec![IovaRange::FULL; 8];

@@ -467,6 +467,11 @@ impl Iommufd for KernelIommufd {
         parse_vevents(&buf[..n]).ok_or_else(|| IommufdError::failed(op, libc::EIO))
     }
 
+    fn veventq_fd(&self, veventq: VeventqId) -> Option<OwnedFd> {
+        let file = self.veventqs.get(&veventq.0)?;
+        file.try_clone().ok().map(OwnedFd::from)
+    }
+
     fn unbind_device(&mut self, dev: DevId) -> Result<()> {
         match self.devices.remove(&dev.0) {
             Some(fd) => {
@@ -626,6 +631,7 @@ mod tests {
             k.read_vevents(VeventqId(3), 4).unwrap_err().errno(),
             libc::ENOENT
         );
+        assert!(k.veventq_fd(VeventqId(3)).is_none());
         let cdev: OwnedFd = File::open("/dev/null").unwrap().into();
         assert_eq!(
             k.bind_device(DeviceHandle::VfioCdev(cdev))

@@ -3,7 +3,8 @@
 //! get a vDEVICE each with their requester ID as StreamID, and the emulated SMMU
 //! (`devices::smmuv3`) goes on the MMIO bus with its two wired SPIs, backed by
 //! `passthrough::nested::IommufdSmmu`. A thread moves host events (the vEVENTQ) into
-//! the guest's event queue and logs the SMMU's counters when they change.
+//! the guest's event queue as its fd becomes readable (every 20 ms without an fd, as with
+//! the model) and logs the SMMU's counters when they change.
 //!
 //! Teardown: [`VmVsmmu::release_host`] drops the host objects (devices back on the stage
 //! 2, nested HWPTs, vDEVICEs, vEVENTQ, vIOMMU) before the devices are detached; dropping
@@ -12,6 +13,7 @@
 //! Not here: the device tree nodes (`arch::aarch64::fdt` from [`VmVsmmu::node`]), KVM MSI
 //! routes (unchanged: the vITS doorbell with the device's RID).
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -24,10 +26,14 @@ use passthrough::nested::{IommufdSmmu, NestParent, NestedError};
 use passthrough::ram_dma::SharedIommufd;
 use passthrough::{DevId, IoasId};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// How often host events are collected (the vEVENTQ is read without blocking).
+/// How often host events are collected without an fd to wait on, and the pause after a
+/// wake-up that moved nothing (the guest's queue is full: the fd stays readable).
 const EVENT_POLL: Duration = Duration::from_millis(20);
+/// Longest wait on the vEVENTQ fd (to notice a stop).
+const EVENT_WAIT_MS: i32 = 100;
 /// How often changed counters are logged.
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
@@ -233,13 +239,47 @@ impl Drop for VmVsmmu {
 fn event_thread(smmu: &Mutex<Smmuv3<GuestMemoryMmap>>, stop: &AtomicBool) {
     let mut logged = Smmuv3Stats::default();
     let mut last_log = Instant::now();
+    let epoll = Epoll::new()
+        .map_err(|e| log::warn!("vSMMU: no epoll ({e}); polling host events"))
+        .ok();
+    // The vEVENTQ exists once the guest enables its event queue.
+    let mut watched: Option<OwnedFd> = None;
+    let mut before = Smmuv3Stats::default();
     while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(EVENT_POLL);
+        if let (Some(ep), None) = (&epoll, &watched) {
+            let fd = smmu.lock().unwrap_or_else(|e| e.into_inner()).event_fd();
+            if let Some(fd) = fd {
+                let ev = EpollEvent::new(EventSet::IN, 0);
+                match ep.ctl(ControlOperation::Add, fd.as_raw_fd(), ev) {
+                    Ok(()) => watched = Some(fd),
+                    Err(e) => log::warn!("vSMMU: cannot watch the vEVENTQ ({e}); polling"),
+                }
+            }
+        }
+        match (&epoll, &watched) {
+            (Some(ep), Some(_)) => {
+                let mut events = [EpollEvent::default(); 1];
+                if let Err(e) = ep.wait(EVENT_WAIT_MS, &mut events) {
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        log::warn!("vSMMU: epoll_wait: {e}");
+                        std::thread::sleep(EVENT_POLL);
+                    }
+                }
+            }
+            _ => std::thread::sleep(EVENT_POLL),
+        }
         let stats = {
             let mut s = smmu.lock().unwrap_or_else(|e| e.into_inner());
             s.service_events();
             s.stats()
         };
+        if watched.is_some()
+            && (stats.events, stats.events_lost) == (before.events, before.events_lost)
+        {
+            // Nothing moved: do not spin on a level-triggered fd the guest is not draining.
+            std::thread::sleep(EVENT_POLL);
+        }
+        before = stats;
         if stats != logged && last_log.elapsed() >= STATS_EVERY {
             log::info!("vSMMU: {stats}");
             logged = stats;

@@ -53,6 +53,12 @@ pub trait Smmuv3Backend: Send {
 
     /// Up to `max` pending events, without blocking.
     fn read_events(&mut self, max: usize) -> Vec<BackendEvent>;
+
+    /// An fd readable while events are pending (once [`Self::enable_events`] made the
+    /// source), for an event loop; `None`: poll [`Self::read_events`] instead.
+    fn event_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
 }
 
 /// A backend that records what it is asked, for unit tests of the emulation: StreamIDs

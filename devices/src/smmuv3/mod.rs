@@ -256,6 +256,12 @@ impl<M: GuestMemory> Smmuv3<M> {
         self.idr
     }
 
+    /// An fd readable while the backend has events for [`Self::service_events`], if it
+    /// has one.
+    pub fn event_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        self.backend.event_fd()
+    }
+
     /// Takes the backend out, leaving one that serves no stream: the VMM drops the
     /// returned backend (its host objects) before it detaches the devices it served.
     pub fn take_backend(&mut self) -> Box<dyn Smmuv3Backend> {

@@ -166,6 +166,11 @@ impl Smmuv3Backend for IommufdSmmu {
         Ok(())
     }
 
+    fn event_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        let q = self.veventq.as_ref()?;
+        lock(&self.iommufd).veventq_fd(q.id())
+    }
+
     fn read_events(&mut self, max: usize) -> Vec<BackendEvent> {
         let Some(q) = &self.veventq else {
             return Vec::new();
