@@ -147,7 +147,10 @@ fn guest() -> Guest {
 fn guest_driver_drives_nested_hwpts_invalidations_and_events() {
     let mut g = guest();
     let mut d = GuestDriver::probe(&mut g.smmu, &g.mem, LAYOUT).unwrap();
-    assert!(g.smmu.event_fd().is_none(), "the model's vEVENTQ has no fd: polled");
+    assert!(
+        g.smmu.event_fd().is_none(),
+        "the model's vEVENTQ has no fd: polled"
+    );
     let viommu = g.viommu;
     {
         let m = g.w.model.lock().unwrap();
