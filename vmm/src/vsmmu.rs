@@ -287,3 +287,130 @@ fn event_thread(smmu: &Mutex<Smmuv3<GuestMemoryMmap>>, stop: &AtomicBool) {
         }
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use devices::smmuv3::guest_driver::{DriverLayout, GuestDriver};
+    use devices::BusDevice;
+    use passthrough::model::{ModelDevice, ModelIommufd};
+    use passthrough::{DeviceHandle, Iommufd};
+    use vm_memory::GuestAddress;
+
+    /// The SMMU as the guest reaches it: through the MMIO bus at its base.
+    struct At<'a> {
+        bus: &'a Bus,
+        base: u64,
+    }
+
+    impl BusDevice for At<'_> {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            assert!(self.bus.read(self.base + offset, data));
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            assert!(self.bus.write(self.base + offset, data));
+        }
+    }
+
+    const SLOT: VsmmuSlot = VsmmuSlot {
+        base: 0x0900_0000,
+        size: 0x2_0000,
+        eventq_spi: 2,
+        gerror_spi: 3,
+    };
+
+    #[test]
+    fn devices_go_behind_the_vsmmu_and_come_back_on_teardown() {
+        let vm = match crate::vstate::vm::Vm::new() {
+            Ok(vm) => vm,
+            Err(e) => {
+                eprintln!("SKIPPED: no usable /dev/kvm for the irqfds: {e}");
+                return;
+            }
+        };
+        vm.setup_irqchip().unwrap();
+        let model = Arc::new(Mutex::new(ModelIommufd::with_page_size(4096)));
+        let shared: SharedIommufd = model.clone();
+        let (ioas, dev, host) = {
+            let mut m = model.lock().unwrap();
+            let ioas = m.alloc_ioas().unwrap();
+            let dev = m
+                .bind_device(DeviceHandle::Model(ModelDevice::arm_smmuv3()))
+                .unwrap();
+            m.attach_device(dev, ioas.into()).unwrap();
+            let data = m.hw_info(dev).unwrap().data;
+            (ioas, dev, HostSmmuInfo::from_hw_info_data(&data).unwrap())
+        };
+        let before = model.lock().unwrap().object_ids().len();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let mut bus = Bus::new();
+        let nested = [NestedDevice {
+            name: "disk".into(),
+            dev,
+            rid: 0x10,
+        }];
+        let window = vec![(0x0800_0000, 0x10_0000)];
+        let vsmmu = VmVsmmu::new(
+            shared,
+            ioas,
+            &nested,
+            &host,
+            mem.clone(),
+            vm.fd(),
+            SLOT,
+            window.clone(),
+            &mut bus,
+        )
+        .unwrap();
+        assert_eq!(vsmmu.node().rids, [0x10]);
+        assert_eq!(vsmmu.node().msi_windows, window);
+
+        let mut smmu = At {
+            bus: &bus,
+            base: SLOT.base,
+        };
+        let layout = DriverLayout {
+            strtab: 0x10_0000,
+            cmdq: 0x20_0000,
+            cmdq_log2: 8,
+            eventq: 0x30_0000,
+            eventq_log2: 4,
+        };
+        let mut d = GuestDriver::probe(&mut smmu, &mem, layout).unwrap();
+        let ste = [1 | (5 << 1) | 0x12_3440, 0, 0, 0, 0, 0, 0, 0];
+        d.write_ste(&mut smmu, &mem, 0x10, ste).unwrap();
+        {
+            let m = model.lock().unwrap();
+            let hwpt = m.attached_hwpt(dev).unwrap();
+            assert_eq!(m.nested_ste(hwpt), Some([ste[0], 0]));
+        }
+        // A device fault reaches the guest through the event thread.
+        let phys = u64::from(ModelDevice::arm_smmuv3().stream_id);
+        assert!(model
+            .lock()
+            .unwrap()
+            .report_event(dev, [0x10 | (phys << 32), 0, 0, 0]));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while vsmmu.stats().events == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (events, _) = d.read_events(&mut smmu, &mem).unwrap();
+        assert_eq!(events, vec![[0x10 | (0x10 << 32), 0, 0, 0]]);
+        assert!(vsmmu.stats().ste_installs >= 2);
+
+        // Teardown as AttachedPassthrough does it: host objects, devices, stage 2.
+        vsmmu.release_host();
+        let parent_hwpt = model.lock().unwrap().attached_hwpt(dev).unwrap();
+        assert_eq!(model.lock().unwrap().nested_ste(parent_hwpt), None);
+        model.lock().unwrap().detach_device(dev).unwrap();
+        drop(vsmmu);
+        model
+            .lock()
+            .unwrap()
+            .attach_device(dev, ioas.into())
+            .unwrap();
+        assert_eq!(model.lock().unwrap().object_ids().len(), before);
+        // The guest still reaches a (detached) SMMU without harm.
+        d.write_ste(&mut smmu, &mem, 0x10, ste).unwrap();
+    }
+}
