@@ -136,7 +136,21 @@ impl InterruptManager {
             mgr: self.clone(),
             vectors,
             devid,
+            doorbell: None,
         })
+    }
+
+    /// [`Self::msi_group`] whose routes always target `doorbell` (see
+    /// [`MsiGroup`]): for functions behind the guest-visible SMMU.
+    pub fn msi_group_at(
+        self: &Arc<Self>,
+        count: u16,
+        devid: Option<u32>,
+        doorbell: u64,
+    ) -> Result<MsiGroup, InterruptManagerError> {
+        let mut g = self.msi_group(count, devid)?;
+        g.doorbell = Some(doorbell);
+        Ok(g)
     }
 
     fn set_route(&self, gsi: u32, route: Option<Route>) -> io::Result<()> {
@@ -176,6 +190,10 @@ pub struct MsiGroup {
     mgr: Arc<InterruptManager>,
     vectors: Vec<Vector>,
     devid: Option<u32>,
+    /// The MSI target every route of this group uses, whatever address the guest wrote:
+    /// a function behind the vSMMU gets an IOVA (its guest's stage-1 mapping of the vITS
+    /// doorbell), which KVM cannot resolve, and the vITS is the only MSI target there is.
+    doorbell: Option<u64>,
 }
 
 impl MsiGroup {
@@ -198,7 +216,7 @@ impl MsiInterruptGroup for MsiGroup {
     fn update(&self, index: u16, msg: MsiMessage, masked: bool) -> Result<(), InterruptError> {
         let v = self.vector(index)?;
         let route = (!masked).then_some(Route::Msi {
-            address: msg.address,
+            address: self.doorbell.unwrap_or(msg.address),
             data: msg.data,
             devid: self.devid,
         });
@@ -415,6 +433,31 @@ mod tests {
             g.update(2, msg(0), false),
             Err(InterruptError::NoSuchVector { index: 2, count: 2 })
         ));
+    }
+
+    #[test]
+    fn a_fixed_doorbell_replaces_the_guest_iova() {
+        let (fake, mgr) = setup();
+        let g = mgr.msi_group_at(1, Some(0x10), 0x0203_0040).unwrap();
+        // The guest behind its IOMMU programs an IOVA, not the doorbell's GPA.
+        g.update(
+            0,
+            MsiMessage {
+                address: 0xffff_f000,
+                data: 5,
+            },
+            false,
+        )
+        .unwrap();
+        let last = fake.tables.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(
+            last[1].1,
+            Route::Msi {
+                address: 0x0203_0040,
+                data: 5,
+                devid: Some(0x10)
+            }
+        );
     }
 
     #[test]

@@ -266,6 +266,7 @@ mod aarch64 {
             size: layout::SMMU_SIZE,
             eventq_spi: layout::SMMU_EVENTQ_SPI,
             gerror_spi: layout::SMMU_GERROR_SPI,
+            msi_doorbell: layout::GIC_ITS_TRANSLATER.0,
         })
     }
 

@@ -177,10 +177,15 @@ impl PassthroughPlan {
                 VfioError::Root(d.name.clone(), devices::pci::PciRootError::NoFreeSlot)
             })?;
             let devid = msi_devid.then(|| u32::from(expected.requester_id()));
+            // Behind the vSMMU the guest programs IOVAs: route to the vITS doorbell.
+            let doorbell = vsmmu.filter(|_| d.spec.iommu).map(|s| s.msi_doorbell);
             let mut groups = |n: u16| {
-                irq.msi_group(n, devid)
-                    .map(|g| Arc::new(g) as Arc<dyn MsiInterruptGroup>)
-                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                match doorbell {
+                    Some(at) => irq.msi_group_at(n, devid, at),
+                    None => irq.msi_group(n, devid),
+                }
+                .map(|g| Arc::new(g) as Arc<dyn MsiInterruptGroup>)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             };
             let pt = PassthroughDevice::attach(d, &ctx, &mut KernelOpener, &mut groups)?;
             let Some(f) = pt.function() else {

@@ -10,8 +10,12 @@
 //! 2, nested HWPTs, vDEVICEs, vEVENTQ, vIOMMU) before the devices are detached; dropping
 //! the `VmVsmmu` then stops the thread and destroys the stage 2.
 //!
-//! Not here: the device tree nodes (`arch::aarch64::fdt` from [`VmVsmmu::node`]), KVM MSI
-//! routes (unchanged: the vITS doorbell with the device's RID).
+//! KVM MSI routes of those functions keep targeting the vITS doorbell with the function's
+//! RID as DeviceID: the guest programs an IOVA into their MSI-X tables (its stage-1
+//! mapping of the doorbell), so their interrupt groups use [`VsmmuSlot::msi_doorbell`]
+//! instead of the programmed address (`InterruptManager::msi_group_at`).
+//!
+//! Not here: the device tree nodes (`arch::aarch64::fdt` from [`VmVsmmu::node`]).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +68,9 @@ pub struct VsmmuSlot {
     pub eventq_spi: u32,
     /// SPI = GSI of the GERROR interrupt.
     pub gerror_spi: u32,
+    /// The vITS doorbell (GITS_TRANSLATER): the address of every MSI route of a function
+    /// behind the vSMMU (the guest programs an IOVA there).
+    pub msi_doorbell: u64,
 }
 
 /// A passed-through device to put behind the vSMMU.
@@ -317,6 +324,7 @@ mod tests {
         size: 0x2_0000,
         eventq_spi: 2,
         gerror_spi: 3,
+        msi_doorbell: 0x0203_0040,
     };
 
     #[test]
