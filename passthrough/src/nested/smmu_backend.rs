@@ -13,6 +13,8 @@ use crate::ram_dma::{lock, SharedIommufd};
 
 /// Depth of the vEVENTQ (events the kernel holds before it drops and flags the loss).
 const VEVENTQ_DEPTH: u32 = 256;
+/// vEVENTQ sequence numbers are 31 bits.
+const SEQUENCE_MASK: u32 = 0x7fff_ffff;
 
 /// One passed-through device behind the vSMMU.
 pub struct SmmuStream {
@@ -48,6 +50,9 @@ impl Drop for SmmuStream {
 pub struct IommufdSmmu {
     streams: BTreeMap<u32, SmmuStream>,
     veventq: Option<Veventq>,
+    /// Sequence number of the last vEVENTQ record: a gap means the kernel dropped events
+    /// (its lost-events marker is replaced by the next event once there is room).
+    last_sequence: Option<u32>,
     viommu: Viommu,
     parent: HwptId,
     iommufd: SharedIommufd,
@@ -80,6 +85,7 @@ impl IommufdSmmu {
         Ok(IommufdSmmu {
             streams: BTreeMap::new(),
             veventq: None,
+            last_sequence: None,
             viommu,
             parent: parent.id(),
             iommufd,
@@ -175,21 +181,81 @@ impl Smmuv3Backend for IommufdSmmu {
         let Some(q) = &self.veventq else {
             return Vec::new();
         };
-        match q.read(max) {
-            Ok(events) => events
-                .into_iter()
-                .map(|e| {
-                    if e.lost {
-                        BackendEvent::Lost
-                    } else {
-                        BackendEvent::Record(e.event)
-                    }
-                })
-                .collect(),
+        let records = match q.read(max) {
+            Ok(r) => r,
             Err(e) => {
                 log::warn!("cannot read the vEVENTQ: {e}");
-                Vec::new()
+                return Vec::new();
             }
+        };
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let expected = self
+                .last_sequence
+                .map(|s| s.wrapping_add(1) & SEQUENCE_MASK);
+            self.last_sequence = Some(r.sequence);
+            if r.lost {
+                out.push(BackendEvent::Lost);
+                continue;
+            }
+            if expected.is_some_and(|e| e != r.sequence) {
+                out.push(BackendEvent::Lost);
+            }
+            out.push(BackendEvent::Record(r.event));
         }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iommufd::{DeviceHandle, Iommufd};
+    use crate::model::{ModelDevice, ModelIommufd};
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_sequence_gap_is_reported_as_lost_events() {
+        let model = Arc::new(Mutex::new(ModelIommufd::with_page_size(4096)));
+        let shared: SharedIommufd = model.clone();
+        let (ioas, dev) = {
+            let mut m = model.lock().unwrap();
+            let ioas = m.alloc_ioas().unwrap();
+            let dev = m
+                .bind_device(DeviceHandle::Model(ModelDevice::arm_smmuv3()))
+                .unwrap();
+            (ioas, dev)
+        };
+        let parent = NestParent::new(shared.clone(), ioas, dev).unwrap();
+        let mut smmu = IommufdSmmu::new(shared, &parent, dev).unwrap();
+        smmu.add_device(dev, 0x10).unwrap();
+        smmu.enable_events().unwrap();
+        let report = |n: usize| {
+            for _ in 0..n {
+                model.lock().unwrap().report_event(dev, [0x10, 0, 0, 0]);
+            }
+        };
+        // Full, one dropped (the marker at the tail), then room for one more: the new
+        // event replaces the marker and only the sequence tells of the loss.
+        report(VEVENTQ_DEPTH as usize + 1);
+        assert_eq!(smmu.read_events(10).len(), 10);
+        report(1);
+        let rest = smmu.read_events(1000);
+        let lost = rest.iter().filter(|e| **e == BackendEvent::Lost).count();
+        assert_eq!(lost, 1);
+        assert_eq!(rest.len(), VEVENTQ_DEPTH as usize - 10 + 1 + 1);
+        assert_eq!(rest[rest.len() - 2], BackendEvent::Lost);
+        // The marker itself is a loss; what follows it in sequence is not another one.
+        report(VEVENTQ_DEPTH as usize + 2);
+        let all = smmu.read_events(1000);
+        assert_eq!(all.last(), Some(&BackendEvent::Lost));
+        report(1);
+        assert_eq!(smmu.read_events(10).len(), 1);
+        drop(smmu);
+        model
+            .lock()
+            .unwrap()
+            .attach_device(dev, ioas.into())
+            .unwrap();
     }
 }
