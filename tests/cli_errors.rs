@@ -348,6 +348,21 @@ fn bad_passthrough_devices() {
     assert_error(&out, "not a PCI device");
     let out = vmm(&["--kernel", TINY_GUEST_ELF64, "--device", "path=/tmp"]);
     assert_error(&out, "not a PCI device");
+    // No vSMMU on x86_64: refused before anything else, naming the device.
+    let out = vmm(&[
+        "--kernel",
+        TINY_GUEST_ELF64,
+        "--device",
+        "path=/nonexistent/0000:00:1f.0,id=nic,iommu=on",
+    ]);
+    assert_error(&out, "--device nic: iommu=on needs a guest-visible SMMUv3");
+    let out = vmm(&[
+        "--kernel",
+        TINY_GUEST_ELF64,
+        "--device",
+        "path=/tmp,iommu=maybe",
+    ]);
+    assert_error(&out, "iommu=maybe is neither on nor off");
     let out = vmm(&[
         "--kernel",
         TINY_GUEST_ELF64,

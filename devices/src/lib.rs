@@ -8,6 +8,7 @@
 //! * [`FwCfg`]: QEMU fw_cfg, legacy I/O (0x510..=0x511), CPU count and RAM size.
 //! * [`pci`]: the PCI root complex (ECAM, 0xcf8/0xcfc), BARs and MSI-X.
 //! * [`virtio`]: virtio-pci (modern) with virtio-blk and virtio-rng.
+//! * [`smmuv3`]: an ARM SMMUv3 for the guest, its stage 1 run by the host (nesting).
 //!
 //! What this crate does not do: it does not create the buses of a VM, run
 //! vCPUs or register irqfds; the VMM wires these devices in.
@@ -21,6 +22,7 @@ pub mod fw_cfg;
 pub mod i8042;
 pub mod pci;
 pub mod serial;
+pub mod smmuv3;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

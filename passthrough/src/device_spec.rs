@@ -1,4 +1,5 @@
-//! `--device path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=NAME]`: parsing ([`DeviceSpec`]),
+//! `--device path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=NAME][,iommu=on|off]`: parsing
+//! ([`DeviceSpec`]),
 //! locating every given device's VFIO cdev ([`locate_all`]), and refusing the same device
 //! (or the same id) twice, whichever path names it.
 //!
@@ -16,7 +17,7 @@ pub enum DeviceSpecError {
     /// The argument does not parse.
     #[error(
         "--device {arg:?}: {why}; write --device path=/sys/bus/pci/devices/DDDD:BB:DD.F \
-         or --device path=...,id=NAME"
+         or --device path=...,id=NAME,iommu=on"
     )]
     Syntax {
         /// The argument.
@@ -60,6 +61,9 @@ pub struct DeviceSpec {
     pub path: PathBuf,
     /// The user's name for it.
     pub id: Option<String>,
+    /// `iommu=on`: the device sits behind the guest-visible vSMMUv3 (nested translation;
+    /// aarch64 only). Default off: the device DMAs with guest physical addresses.
+    pub iommu: bool,
 }
 
 impl DeviceSpec {
@@ -82,6 +86,9 @@ impl fmt::Display for DeviceSpec {
         if let Some(id) = &self.id {
             write!(f, ",id={id}")?;
         }
+        if self.iommu {
+            write!(f, ",iommu=on")?;
+        }
         Ok(())
     }
 }
@@ -96,6 +103,7 @@ impl FromStr for DeviceSpec {
         };
         let mut path = None;
         let mut id = None;
+        let mut iommu = None;
         for part in arg.split(',') {
             let (key, value) = part
                 .split_once('=')
@@ -106,16 +114,27 @@ impl FromStr for DeviceSpec {
             let slot = match key {
                 "path" => &mut path,
                 "id" => &mut id,
-                _ => return Err(syntax(&format!("unknown key {key:?} (known: path, id)"))),
+                "iommu" => &mut iommu,
+                _ => {
+                    return Err(syntax(&format!(
+                        "unknown key {key:?} (known: path, id, iommu)"
+                    )))
+                }
             };
             if slot.replace(value.to_string()).is_some() {
                 return Err(syntax(&format!("{key}= given twice")));
             }
         }
         let path = path.ok_or_else(|| syntax("path= is missing"))?;
+        let iommu = match iommu.as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(other) => return Err(syntax(&format!("iommu={other} is neither on nor off"))),
+        };
         Ok(DeviceSpec {
             path: PathBuf::from(path),
             id,
+            iommu,
         })
     }
 }
@@ -204,6 +223,17 @@ mod tests {
         );
         let s: DeviceSpec = "path=/sys/bus/pci/devices/0000:00:03.0".parse().unwrap();
         assert_eq!(s.name(), "0000:00:03.0");
+        assert!(!s.iommu, "iommu is off by default");
+        let s: DeviceSpec = "path=/p,iommu=on".parse().unwrap();
+        assert!(s.iommu);
+        assert_eq!(s.to_string(), "path=/p,iommu=on");
+        let s: DeviceSpec = "path=/p,iommu=off".parse().unwrap();
+        assert!(!s.iommu);
+        let err = "path=/p,iommu=yes".parse::<DeviceSpec>().unwrap_err();
+        assert!(
+            err.to_string().contains("iommu=yes is neither on nor off"),
+            "{err}"
+        );
         for bad in [
             "",
             "id=x",
@@ -225,10 +255,12 @@ mod tests {
             DeviceSpec {
                 path: by_bus,
                 id: Some("a".into()),
+                iommu: false,
             },
             DeviceSpec {
                 path: dev.clone(),
                 id: None,
+                iommu: false,
             },
         ];
         let err = locate_all(&specs, Path::new("/dev/vfio/devices")).unwrap_err();
@@ -242,10 +274,12 @@ mod tests {
             DeviceSpec {
                 path: dev.clone(),
                 id: Some("a".into()),
+                iommu: false,
             },
             DeviceSpec {
                 path: PathBuf::from("/nope"),
                 id: Some("a".into()),
+                iommu: false,
             },
         ];
         assert!(matches!(
@@ -264,6 +298,7 @@ mod tests {
         let spec = DeviceSpec {
             path: dev,
             id: Some("disk".into()),
+            iommu: false,
         };
         let err = locate_all(&[spec], Path::new("/dev"))
             .unwrap_err()
@@ -276,6 +311,7 @@ mod tests {
         let spec = DeviceSpec {
             path: PathBuf::from("/tmp"),
             id: None,
+            iommu: false,
         };
         let err = locate_all(&[spec], Path::new("/dev"))
             .unwrap_err()

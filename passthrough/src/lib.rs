@@ -37,9 +37,13 @@
 //! [`KernelVfioDevice`] and [`FakeVfioDevice`]. The thin ioctl layers with all the
 //! `unsafe` are `sys` (iommufd, binding) and `vfio_sys` (VFIO device ioctls, mmaps).
 //!
+//! With a guest-visible vSMMUv3 (aarch64), [`nested`] holds the nested-translation
+//! objects (stage-2 parent, vIOMMU, vDEVICE, nested HWPTs, vEVENTQ) and
+//! [`nested::IommufdSmmu`], the backend of the emulated SMMU (`devices::smmuv3`).
+//!
 //! Not here: KVM memslots, GSI routing and boot tables (the vmm crate implements
-//! [`GuestMemslots`] and the interrupt groups), the PCI root (the devices crate), INTx,
-//! vIOMMU / nested translation, migration.
+//! [`GuestMemslots`] and the interrupt groups), the PCI root and the SMMU emulation (the
+//! devices crate), INTx, migration.
 
 #![deny(missing_docs)]
 
@@ -53,6 +57,7 @@ pub mod kernel;
 pub mod memlock;
 pub mod memory_map;
 pub mod model;
+pub mod nested;
 pub mod passthrough_device;
 pub mod ram_dma;
 pub mod reserved_regions;
@@ -70,7 +75,8 @@ pub use vfio_cdev::{locate, probe_ranges, PciPassthroughDevice, VfioCdevError};
 
 pub use iommufd::{
     DevId, DeviceHandle, HwInfo, HwInfoType, HwptFlags, HwptId, IoasId, Iommufd, IommufdError,
-    IovaRanges, MapSource, ObjectId, Op, Prot, RangesReply,
+    IovaRanges, MapSource, ObjectId, Op, Prot, RangesReply, SmmuCmd, VEvent, VSte, VdeviceId,
+    VeventqId, ViommuId,
 };
 pub use iova::{HostVirtAddr, Iova, IovaRange};
 pub use kernel::KernelIommufd;

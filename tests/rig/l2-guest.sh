@@ -90,6 +90,14 @@ if [ -n "$HP_SIG" ]; then
     echo "L2-REPORT blk_irqs=$(grep -iE 'virtio[0-9]+-req' /proc/interrupts | awk '{for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) s += $i; else break} END {print s + 0}')"
     dmesg | grep -i pciehp | tail -n 5 | sed 's/^/L2-HP dmesg: /'
 fi
+# What the guest's IOMMU looks like when asked (rig scenario nested.sh).
+if grep -q "l2.iommu=1" /proc/cmdline; then
+    echo "L2-REPORT smmu_probed=$(dmesg | grep -c 'arm-smmu-v3.*ias')"
+    for g in /sys/kernel/iommu_groups/*; do
+        [ -d "$g" ] || continue
+        echo "L2-REPORT iommu_group=$(basename "$g") type=$(cat "$g/type" 2>/dev/null) devices=$(ls "$g/devices" | tr '\n' ' ')resv=$(tr '\n' ';' <"$g/reserved_regions")"
+    done
+fi
 # Throughput of /dev/vda when asked (rig scenario bench.sh): 32 MiB sequential read and write.
 if grep -q "l2.bench=1" /proc/cmdline; then
     for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done

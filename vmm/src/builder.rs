@@ -263,6 +263,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
             rng: config.rng,
             hotplug_slots: config.hotplug_slots,
             port_windows: machine::HOTPLUG_PORT_WINDOWS,
+            vsmmu: machine::vsmmu_slot(),
         },
         &mut pio,
         &mut mmio,
@@ -290,7 +291,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
             .with_pause_gate(gate.clone())
         })
         .collect();
-    machine::boot(&vm, &mem, &ram, config, &vcpus)?;
+    machine::boot(&vm, &mem, &ram, config, &vcpus, pci.vsmmu_node().as_ref())?;
 
     log::info!(
         "vCPUs start {:.1} ms after the VMM started",

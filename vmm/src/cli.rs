@@ -79,8 +79,12 @@ pub struct Cli {
     pub rng: bool,
 
     /// A PCI device to pass through, by sysfs path; repeatable. It must be bound to vfio-pci
-    /// and the host needs /dev/iommu (iommufd) and VFIO cdevs.
-    #[arg(long, value_name = "path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=NAME]")]
+    /// and the host needs /dev/iommu (iommufd) and VFIO cdevs. iommu=on (aarch64) puts it
+    /// behind a guest-visible SMMUv3 whose stage 1 the host IOMMU runs (nested translation).
+    #[arg(
+        long,
+        value_name = "path=/sys/bus/pci/devices/DDDD:BB:DD.F[,id=NAME][,iommu=on]"
+    )]
     pub device: Vec<String>,
 
     /// PCIe root ports with a hot-plug slot each, for devices added later through the API

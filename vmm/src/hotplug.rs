@@ -4,7 +4,7 @@
 //! Add, in order; a refusal before step 4 touches nothing, a failure after it undoes what
 //! was done:
 //!
-//! 1. check the request: no nested translation yet (`iommu`), a valid and unused id, a
+//! 1. check the request: no nested translation (`iommu`), a valid and unused id, a
 //!    free slot, and a guest that enabled hotplug on it (its port driver set up MSI and
 //!    the slot's interrupts);
 //! 2. locate the device and probe its host ranges (IOVA ranges with the device attached to
@@ -29,8 +29,9 @@
 //!
 //! Waiting polls the slot registers; the guest's writes reach them from the vCPU threads.
 //!
-//! What this module does not do: nested translation (vIOMMU) for hot-added devices, more
-//! than one function per slot, and hot-add of emulated devices.
+//! What this module does not do: nested translation for hot-added devices (only
+//! cold-plugged `iommu=on` devices sit behind the vSMMU), more than one function per slot,
+//! and hot-add of emulated devices.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -319,6 +320,7 @@ impl PciHotplug {
             key,
             guest_bdf,
             port: Some(index),
+            iommu: false,
             device,
             function,
         });
@@ -365,8 +367,9 @@ impl DeviceHotplug for PciHotplug {
         if request.iommu {
             return Err(fault(
                 HotplugFaultKind::BadRequest,
-                "hot-adding a device behind the vIOMMU (iommu=on) is not supported yet: \
-                 nested translation comes separately; add it without iommu",
+                "hot-adding a device behind the vSMMU (iommu=on) is not supported: only \
+                 devices given with --device at start sit behind it; add it without iommu, \
+                 or give it at start",
             ));
         }
         if let Some(why) = request.id.as_deref().and_then(check_id) {
@@ -378,6 +381,8 @@ impl DeviceHotplug for PciHotplug {
         let spec = DeviceSpec {
             path: request.path.clone(),
             id: request.id.clone(),
+            // Refused above: hot-added devices never sit behind the vSMMU.
+            iommu: false,
         };
         let id = spec.name();
         {
@@ -529,7 +534,7 @@ impl DeviceHotplug for PciHotplug {
                 id: d.id.clone(),
                 bdf: d.guest_bdf.to_string(),
                 path: d.path.clone(),
-                iommu: false,
+                iommu: d.iommu,
             })
             .collect()
     }

@@ -119,6 +119,26 @@ impl InterruptManager {
         count: u16,
         devid: Option<u32>,
     ) -> Result<MsiGroup, InterruptManagerError> {
+        self.new_group(count, devid, None)
+    }
+
+    /// [`Self::msi_group`] whose routes always target `doorbell` (see
+    /// [`MsiGroup`]): for functions behind the guest-visible SMMU.
+    pub fn msi_group_at(
+        self: &Arc<Self>,
+        count: u16,
+        devid: Option<u32>,
+        doorbell: u64,
+    ) -> Result<MsiGroup, InterruptManagerError> {
+        self.new_group(count, devid, Some(doorbell))
+    }
+
+    fn new_group(
+        self: &Arc<Self>,
+        count: u16,
+        devid: Option<u32>,
+        doorbell: Option<u64>,
+    ) -> Result<MsiGroup, InterruptManagerError> {
         let gsis = {
             let mut t = self.lock();
             let reused = t.free.len().min(usize::from(count));
@@ -138,6 +158,7 @@ impl InterruptManager {
             mgr: self.clone(),
             vectors: Vec::with_capacity(gsis.len()),
             devid,
+            doorbell,
             // Popped from the back: irqfds are registered lowest GSI first.
             unregistered: gsis.into_iter().rev().collect(),
         };
@@ -212,6 +233,10 @@ pub struct MsiGroup {
     devid: Option<u32>,
     /// GSIs allocated but without an irqfd yet (only while the group is built).
     unregistered: Vec<u32>,
+    /// The MSI target every route of this group uses, whatever address the guest wrote:
+    /// a function behind the vSMMU gets an IOVA (its guest's stage-1 mapping of the vITS
+    /// doorbell), which KVM cannot resolve, and the vITS is the only MSI target there is.
+    doorbell: Option<u64>,
 }
 
 impl MsiGroup {
@@ -234,7 +259,7 @@ impl MsiInterruptGroup for MsiGroup {
     fn update(&self, index: u16, msg: MsiMessage, masked: bool) -> Result<(), InterruptError> {
         let v = self.vector(index)?;
         let route = (!masked).then_some(Route::Msi {
-            address: msg.address,
+            address: self.doorbell.unwrap_or(msg.address),
             data: msg.data,
             devid: self.devid,
         });
@@ -377,6 +402,8 @@ pub(crate) mod test_utils {
         pub irqfds: Mutex<Vec<u32>>,
         /// Fail set_routes.
         pub fail_routes: std::sync::atomic::AtomicBool,
+        /// Refuse an irqfd on this GSI.
+        pub fail_irqfd: Mutex<Option<u32>>,
     }
 
     impl IrqRouting for FakeRouting {
@@ -388,6 +415,9 @@ pub(crate) mod test_utils {
             Ok(())
         }
         fn register_irqfd(&self, _fd: &EventFd, gsi: u32) -> io::Result<()> {
+            if *self.fail_irqfd.lock().unwrap() == Some(gsi) {
+                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            }
             self.irqfds.lock().unwrap().push(gsi);
             Ok(())
         }
@@ -469,6 +499,68 @@ mod tests {
             g.update(2, msg(0), false),
             Err(InterruptError::NoSuchVector { index: 2, count: 2 })
         ));
+    }
+
+    #[test]
+    fn a_fixed_doorbell_replaces_the_guest_iova() {
+        let (fake, mgr) = setup();
+        let g = mgr.msi_group_at(1, Some(0x10), 0x0203_0040).unwrap();
+        // The guest behind its IOMMU programs an IOVA, not the doorbell's GPA.
+        g.update(
+            0,
+            MsiMessage {
+                address: 0xffff_f000,
+                data: 5,
+            },
+            false,
+        )
+        .unwrap();
+        let last = fake.tables.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(
+            last[1].1,
+            Route::Msi {
+                address: 0x0203_0040,
+                data: 5,
+                devid: Some(0x10)
+            }
+        );
+    }
+
+    #[test]
+    fn doorbell_groups_reuse_freed_gsis_and_a_half_built_one_gives_them_back() {
+        let (fake, mgr) = setup();
+        let a = mgr.msi_group(3, None).unwrap();
+        let _b = mgr.msi_group(1, None).unwrap();
+        drop(a);
+        // 24..=26 are free again; the irqfd on 26 fails half way through the group.
+        *fake.fail_irqfd.lock().unwrap() = Some(26);
+        assert!(matches!(
+            mgr.msi_group_at(4, Some(0x10), 0x0203_0040),
+            Err(InterruptManagerError::Kvm(_))
+        ));
+        assert_eq!(mgr.gsis_in_use(), 1);
+        assert_eq!(*fake.irqfds.lock().unwrap(), vec![27]);
+        *fake.fail_irqfd.lock().unwrap() = None;
+        let g = mgr.msi_group_at(4, Some(0x10), 0x0203_0040).unwrap();
+        assert_eq!(
+            (0..4).map(|i| g.gsi(i).unwrap()).collect::<Vec<_>>(),
+            vec![24, 25, 26, 28]
+        );
+        g.update(3, msg(9), false).unwrap();
+        let last = fake.tables.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(
+            last[1],
+            (
+                28,
+                Route::Msi {
+                    address: 0x0203_0040,
+                    data: 9,
+                    devid: Some(0x10)
+                }
+            )
+        );
+        drop(g);
+        assert_eq!(mgr.gsis_in_use(), 1);
     }
 
     #[test]

@@ -23,4 +23,5 @@ pub mod memory_plan;
 pub mod pci;
 pub mod signals;
 pub mod vfio;
+pub mod vsmmu;
 pub mod vstate;

@@ -16,6 +16,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::builder::BuilderError;
 use crate::config::VmConfig;
 use crate::interrupts::Route;
+use crate::vsmmu::{VsmmuNode, VsmmuSlot};
 use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vm::Vm;
 
@@ -136,6 +137,11 @@ mod x86_64 {
         Ok((pio, Bus::new()))
     }
 
+    /// No guest-visible IOMMU on x86_64.
+    pub fn vsmmu_slot() -> Option<VsmmuSlot> {
+        None
+    }
+
     /// Loads the kernel, writes the boot tables and sets every vCPU's boot state.
     pub fn boot(
         vm: &Vm,
@@ -143,6 +149,7 @@ mod x86_64 {
         ram: &[(vm_memory::GuestAddress, u64)],
         config: &VmConfig,
         vcpus: &[Vcpu],
+        _vsmmu: Option<&VsmmuNode>,
     ) -> Result<(), BuilderError> {
         let ram: Vec<layout::RamRegion> = ram
             .iter()
@@ -262,6 +269,17 @@ mod aarch64 {
         Ok((Bus::new(), mmio))
     }
 
+    /// Where the guest-visible SMMUv3 goes (`--device ...,iommu=on`).
+    pub fn vsmmu_slot() -> Option<VsmmuSlot> {
+        Some(VsmmuSlot {
+            base: layout::SMMU_START.0,
+            size: layout::SMMU_SIZE,
+            eventq_spi: layout::SMMU_EVENTQ_SPI,
+            gerror_spi: layout::SMMU_GERROR_SPI,
+            msi_doorbell: layout::GIC_ITS_TRANSLATER.0,
+        })
+    }
+
     /// Loads the Image and initrd, writes the device tree and points vCPU 0 at the kernel.
     pub fn boot(
         _vm: &Vm,
@@ -269,6 +287,7 @@ mod aarch64 {
         ram: &[(vm_memory::GuestAddress, u64)],
         config: &VmConfig,
         vcpus: &[Vcpu],
+        vsmmu: Option<&VsmmuNode>,
     ) -> Result<(), BuilderError> {
         let ram: Vec<layout::RamRegion> = ram
             .iter()
@@ -284,6 +303,7 @@ mod aarch64 {
                 cmdline: &config.cmdline,
                 ram: &ram,
                 pci: true,
+                vsmmu,
             },
         )
         .map_err(|e| BuilderError::Arch(e.to_string()))?;

@@ -31,6 +31,7 @@ use crate::vfio::{
     follow_bar_move, kvm_vfio_factory, mem_slot_base, HostDevices, KvmMemslots, Passthrough,
     PassthroughFunctions, PassthroughPlan,
 };
+use crate::vsmmu::{VsmmuNode, VsmmuSite, VsmmuSlot};
 use devices::pci::{RootPort, RootPortWindows};
 
 /// The slot of the first passed-through function (after the host bridge at 00.0).
@@ -96,6 +97,8 @@ pub struct PciSegmentConfig<'a> {
     pub hotplug_slots: u8,
     /// Bytes of the 32-bit and prefetchable window of each root port.
     pub port_windows: (u64, u64),
+    /// Where a vSMMU for the iommu=on devices goes, where the platform has one.
+    pub vsmmu: Option<VsmmuSlot>,
 }
 
 /// The PCI segment of a VM. Dropping it first tears down the passed-through devices (in the
@@ -157,13 +160,23 @@ impl PciSegment {
                                 id: d.id.clone(),
                                 bdf: d.guest_bdf.to_string(),
                                 path: d.path.clone(),
-                                iommu: false,
+                                iommu: d.iommu,
                             })
                             .collect()
                     })
                     .unwrap_or_default(),
             }),
         }
+    }
+
+    /// The vSMMU's device tree description, if devices sit behind one.
+    pub fn vsmmu_node(&self) -> Option<VsmmuNode> {
+        self.passthrough.as_ref().and_then(|p| {
+            p.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .vsmmu_node()
+                .cloned()
+        })
     }
 }
 
@@ -214,6 +227,7 @@ pub fn create_pci_segment(
         rng,
         hotplug_slots,
         port_windows,
+        vsmmu,
     } = cfg;
     let mut root = PciRoot::new(windows)?;
     let devices: VirtioDevices = Arc::new(Mutex::new(HashMap::new()));
@@ -241,7 +255,20 @@ pub fn create_pci_segment(
         )
     });
     if let (Some(plan), Some(pt)) = (passthrough, pt.as_mut()) {
-        plan.attach(pt, mem, irq, &mut root, FIRST_PASSTHROUGH_SLOT, msi_devid)?;
+        let vsmmu = vsmmu.map(|slot| VsmmuSite {
+            slot,
+            vm: &vm,
+            mmio: &mut *mmio,
+        });
+        plan.attach(
+            pt,
+            mem,
+            irq,
+            &mut root,
+            FIRST_PASSTHROUGH_SLOT,
+            msi_devid,
+            vsmmu,
+        )?;
     }
     let first_virtio_slot = 1 + pt.as_ref().map_or(0, |p| p.len());
 

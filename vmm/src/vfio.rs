@@ -8,6 +8,9 @@
 //! made for the first device, guest RAM mapped and guarded once), [`Passthrough::remove`]
 //! and [`Passthrough::release_if_idle`] the way back. [`DeviceSource`] is where devices come
 //! from: the host ([`HostDevices`]) or, in tests, the iommufd model with fake VFIO devices.
+//! Cold-plugged `iommu=on` devices go behind a vSMMU ([`crate::vsmmu`]) once they are all
+//! attached; the [`Passthrough`] owner keeps it and tears it down in order. Hot-added
+//! devices never sit behind it.
 //!
 //! The device model and every iommufd/VFIO step are in the passthrough crate; this module
 //! supplies the VM's side of its boundary traits (KVM memory slots for BAR mmaps, the
@@ -19,21 +22,24 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devices::pci::{MsiInterruptGroup, PciBdf, PciRoot};
+use devices::smmuv3::HostSmmuInfo;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use passthrough::device_spec::{locate_all, DeviceSpec, LocatedDevice};
 use passthrough::hypervisor::{GuestMemslots, KvmVfio, MemslotId};
 use passthrough::memlock::MemlockLimit;
 use passthrough::memory_map::DeviceRanges;
+use passthrough::nested::NestingUnsupported;
 use passthrough::passthrough_device::{
     open_iommufd, KernelOpener, PassthroughDevice, VfioOpener, VmPassthrough,
 };
 use passthrough::ram_dma::{lock, GuestRam, GuestRamDma, RamDmaError, SharedIommufd, VmIoas};
 use passthrough::vfio_pci::{InterruptGroupFactory, VfioPciFunction};
-use passthrough::{probe_ranges, HostVirtAddr, Sysfs};
+use passthrough::{probe_ranges, HostVirtAddr, ReservedKind, Sysfs};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::interrupts::InterruptManager;
+use crate::vsmmu::{NestedDevice, VmVsmmu, VsmmuError, VsmmuNode, VsmmuSite};
 
 /// Where VFIO cdevs and the iommufd live on a host.
 const VFIO_DEV_ROOT: &str = "/dev/vfio/devices";
@@ -74,6 +80,21 @@ pub enum VfioError {
         "--device {0}: placed at {1}, expected {2}: its MSI routes would carry the wrong DeviceID"
     )]
     UnexpectedSlot(String, PciBdf, PciBdf),
+    /// iommu=on where there is no vSMMU.
+    #[error(
+        "--device {0}: iommu=on needs a guest-visible SMMUv3, which this VMM offers on \
+         aarch64 only; drop iommu=on on this host"
+    )]
+    IommuArch(String),
+    /// The host cannot nest the device's translation.
+    #[error(
+        "--device {0}: iommu=on needs nested translation by the host IOMMU, which this host \
+         cannot do: {1}"
+    )]
+    Nesting(String, NestingUnsupported),
+    /// The vSMMU could not be set up.
+    #[error(transparent)]
+    Vsmmu(#[from] VsmmuError),
 }
 
 /// Functions by the address their BAR moves are reported under (their bus-0 address, or
@@ -149,6 +170,8 @@ pub struct PassthroughPlan {
     located: Vec<LocatedDevice>,
     iommufd: SharedIommufd,
     ranges: Vec<DeviceRanges>,
+    /// Per device: the host SMMU's ID registers if it goes behind the vSMMU (iommu=on).
+    nesting: Vec<Option<HostSmmuInfo>>,
 }
 
 impl PassthroughPlan {
@@ -162,6 +185,11 @@ impl PassthroughPlan {
             .iter()
             .map(|s| s.parse::<DeviceSpec>())
             .collect::<Result<Vec<_>, _>>()?;
+        if !cfg!(target_arch = "aarch64") {
+            if let Some(s) = specs.iter().find(|s| s.iommu) {
+                return Err(VfioError::IommuArch(s.name()));
+            }
+        }
         let located = locate_all(&specs, Path::new(VFIO_DEV_ROOT))?;
         let mut source = HostDevices::default();
         let iommufd = source.iommufd(&located)?;
@@ -169,10 +197,22 @@ impl PassthroughPlan {
         for d in &located {
             ranges.push(source.probe(&iommufd, d)?);
         }
+        // Before the VM exists: a host that cannot nest is one clear error now.
+        let mut nesting = Vec::with_capacity(located.len());
+        for d in &located {
+            nesting.push(match d.spec.iommu {
+                true => Some(
+                    passthrough::nested::probe_nesting_cdev(&mut *lock(&iommufd), &d.pci)
+                        .map_err(|e| VfioError::Nesting(d.name.clone(), e))?,
+                ),
+                false => None,
+            });
+        }
         Ok(Some(PassthroughPlan {
             located,
             iommufd,
             ranges,
+            nesting,
         }))
     }
 
@@ -182,8 +222,10 @@ impl PassthroughPlan {
     }
 
     /// Attaches every device through `pt` (see [`Passthrough::attach`]), puts its function
-    /// on `root` (from slot `first_slot` on, in order), and maps guest RAM for DMA.
+    /// on `root` (from slot `first_slot` on, in order), puts the iommu=on devices behind a
+    /// new vSMMU at `vsmmu` (which `pt` then owns), and maps guest RAM for DMA.
     /// `msi_devid`: MSI routes carry the function's requester ID as ITS DeviceID (aarch64).
+    #[allow(clippy::too_many_arguments)]
     pub fn attach(
         self,
         pt: &mut Passthrough,
@@ -192,19 +234,29 @@ impl PassthroughPlan {
         root: &mut PciRoot,
         first_slot: u8,
         msi_devid: bool,
+        vsmmu: Option<VsmmuSite<'_>>,
     ) -> Result<(), VfioError> {
         let t0 = std::time::Instant::now();
         pt.use_iommufd(self.iommufd.clone());
         let mut opener = KernelOpener;
+        let mut nested = Vec::new();
+        let mut host_smmu = None;
+        let mut msi_windows: Vec<(u64, u64)> = Vec::new();
+        let doorbell_at = vsmmu.as_ref().map(|v| v.slot.msi_doorbell);
         for (i, d) in self.located.iter().enumerate() {
             let expected = PciBdf::new(0, first_slot + i as u8, 0).ok_or_else(|| {
                 VfioError::Root(d.name.clone(), devices::pci::PciRootError::NoFreeSlot)
             })?;
             let devid = msi_devid.then(|| u32::from(expected.requester_id()));
+            // Behind the vSMMU the guest programs IOVAs: route to the vITS doorbell.
+            let doorbell = doorbell_at.filter(|_| d.spec.iommu);
             let mut groups = |n: u16| {
-                irq.msi_group(n, devid)
-                    .map(|g| Arc::new(g) as Arc<dyn MsiInterruptGroup>)
-                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                match doorbell {
+                    Some(at) => irq.msi_group_at(n, devid, at),
+                    None => irq.msi_group(n, devid),
+                }
+                .map(|g| Arc::new(g) as Arc<dyn MsiInterruptGroup>)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             };
             let (device, f) = pt.attach(d, &mut opener, &mut groups)?;
             let bdf = root
@@ -214,15 +266,55 @@ impl PassthroughPlan {
                 return Err(VfioError::UnexpectedSlot(d.name.clone(), bdf, expected));
             }
             log::info!("PCI {bdf}: passthrough of {} ({})", d.name, d.pci.bdf);
+            if let (Some(host), Some(dev)) = (self.nesting[i], device.dev_id()) {
+                host_smmu.get_or_insert(host);
+                nested.push(NestedDevice {
+                    name: d.name.clone(),
+                    dev,
+                    rid: bdf.requester_id(),
+                });
+                let windows = self.ranges[i]
+                    .reserved
+                    .iter()
+                    .filter(|r| r.kind == ReservedKind::Msi)
+                    .filter_map(|r| {
+                        Some((r.range.first_raw(), u64::try_from(r.range.size()).ok()?))
+                    });
+                for w in windows {
+                    if !msi_windows.contains(&w) {
+                        msi_windows.push(w);
+                    }
+                }
+            }
             pt.adopt(AttachedDevice {
                 id: d.name.clone(),
                 path: d.spec.path.clone(),
                 key: bdf,
                 guest_bdf: bdf,
                 port: None,
+                iommu: d.spec.iommu,
                 device,
                 function: f,
             });
+        }
+        // After every device is attached: the iommu=on ones move onto the vSMMU's stage 2.
+        if let Some(host) = host_smmu {
+            let (Some(site), Some(iommufd), Some(ioas)) = (vsmmu, pt.iommufd().cloned(), pt.ioas())
+            else {
+                return Err(VfioError::IommuArch(nested[0].name.clone()));
+            };
+            let v = VmVsmmu::new(
+                iommufd,
+                ioas,
+                &nested,
+                &host,
+                mem.clone(),
+                site.vm,
+                site.slot,
+                msi_windows,
+                site.mmio,
+            )?;
+            pt.set_vsmmu(v);
         }
         let attached_at = t0.elapsed();
         let who = self
@@ -267,6 +359,8 @@ pub struct AttachedDevice {
     pub guest_bdf: PciBdf,
     /// The root port it is plugged into, if hot-plugged.
     pub port: Option<usize>,
+    /// Whether it sits behind the vSMMU (`iommu=on`).
+    pub iommu: bool,
     /// The device (teardown on drop).
     pub device: PassthroughDevice,
     /// Its function, as the PCI root holds it.
@@ -274,15 +368,19 @@ pub struct AttachedDevice {
 }
 
 /// Every passed-through device of a VM and what they share: the iommufd, the IOAS and
-/// guest RAM mapped into it. Fields drop in order: RAM DMA mappings, the devices (detach,
-/// unbind, KVM remove, close), the IOAS, the iommufd.
+/// guest RAM mapped into it, and the vSMMU of the iommu=on devices. Teardown order: the
+/// vSMMU's host objects (devices back on its stage 2, nested HWPTs, vDEVICEs, vIOMMU), RAM
+/// DMA mappings, the devices (detach, unbind, KVM remove, close), the vSMMU (its thread and
+/// stage 2), the IOAS, the iommufd.
 ///
 /// The IOAS and the RAM mappings exist while at least one device does (cold-plugged
 /// devices keep them for the VM's life): a device coming or going never unmaps RAM that
-/// another device still uses.
+/// another device still uses. Only cold-plugged devices sit behind the vSMMU, so it too
+/// lives as long as the VM.
 pub struct Passthrough {
     dma: Option<GuestRamDma>,
     devices: Vec<AttachedDevice>,
+    vsmmu: Option<VmVsmmu>,
     ctx: Option<VmPassthrough>,
     ioas: Option<VmIoas>,
     iommufd: Option<SharedIommufd>,
@@ -307,6 +405,7 @@ impl Passthrough {
         Passthrough {
             dma: None,
             devices: Vec::new(),
+            vsmmu: None,
             ctx: None,
             ioas: None,
             iommufd: None,
@@ -466,6 +565,7 @@ impl Passthrough {
     pub fn release_if_idle(&mut self) {
         if self.devices.is_empty() {
             self.dma = None;
+            self.vsmmu = None;
             self.ctx = None;
             self.ioas = None;
         }
@@ -499,12 +599,27 @@ impl Passthrough {
             self.dma.as_ref().map_or(0, |d| d.regions().len()),
         )
     }
+
+    /// Hands the vSMMU the devices behind it sit on to this owner, which tears it down in
+    /// its place (see [`Passthrough`]).
+    pub fn set_vsmmu(&mut self, vsmmu: VmVsmmu) {
+        self.vsmmu = Some(vsmmu);
+    }
+
+    /// The vSMMU's device tree description, if devices sit behind one.
+    pub fn vsmmu_node(&self) -> Option<&VsmmuNode> {
+        self.vsmmu.as_ref().map(VmVsmmu::node)
+    }
 }
 
 impl Drop for Passthrough {
     fn drop(&mut self) {
+        if let Some(v) = &self.vsmmu {
+            v.release_host();
+        }
         self.dma.take();
         self.devices.clear();
+        self.vsmmu.take();
     }
 }
 

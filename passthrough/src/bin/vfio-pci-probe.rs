@@ -242,11 +242,13 @@ fn run(edu: &Path, virtio: Option<&Path>) -> Result<u32, Box<dyn Error>> {
     let mut specs = vec![DeviceSpec {
         path: edu.to_path_buf(),
         id: Some("edu".into()),
+        iommu: false,
     }];
     if let Some(v) = virtio {
         specs.push(DeviceSpec {
             path: v.to_path_buf(),
             id: Some("blk".into()),
+            iommu: false,
         });
     }
     let dev_root = Path::new("/dev/vfio/devices");
@@ -256,6 +258,7 @@ fn run(edu: &Path, virtio: Option<&Path>) -> Result<u32, Box<dyn Error>> {
             DeviceSpec {
                 path: edu.to_path_buf(),
                 id: None,
+                iommu: false,
             },
         ],
         dev_root,

@@ -451,6 +451,7 @@ fn allowed_does_not_narrow_ranges(fx: &mut dyn Fixture) -> CaseResult {
 }
 
 use super::device_cases::*;
+use super::nested_cases::*;
 
 macro_rules! cases {
     ($($name:ident: $dev:expr,)*) => {
@@ -496,4 +497,9 @@ cases! {
     detach_is_idempotent: true,
     reattach_is_a_noop: true,
     guard_ram_then_attach: true,
+    viommu_needs_nest_parent: true,
+    vdevice_twice: true,
+    nested_ste_validation: true,
+    invalidate_stops_at_unknown_vsid: true,
+    veventq_one_per_type: true,
 }

@@ -15,6 +15,7 @@
 
 mod cases;
 mod device_cases;
+mod nested_cases;
 
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;

@@ -26,6 +26,13 @@ pub struct ModelDevice {
     pub nesting: bool,
     /// Whether `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` is supported.
     pub dirty_tracking: bool,
+    /// Whether `IOMMU_VIOMMU_ALLOC` (ARM SMMUv3) is supported: the SMMU nests and its
+    /// stage 2 is coherent (S2FWB or CANWBS); without, `EOPNOTSUPP`.
+    pub viommu: bool,
+    /// Which physical IOMMU instance the device sits behind (a vIOMMU serves one).
+    pub iommu_instance: u32,
+    /// The device's physical StreamID (what the kernel puts in place of the vSID).
+    pub stream_id: u32,
 }
 
 impl ModelDevice {
@@ -45,6 +52,9 @@ impl ModelDevice {
             },
             nesting: false,
             dirty_tracking: false,
+            viommu: false,
+            iommu_instance: 0,
+            stream_id: 0,
         }
     }
 
@@ -71,9 +81,10 @@ impl ModelDevice {
             range(0, (1 << 48) - 1),
         );
         d.hw_info.kind = HwInfoType::ARM_SMMUV3;
-        // struct iommu_hw_info_arm_smmuv3: flags, __reserved, idr[6], iidr, aidr.
-        d.hw_info.data = vec![0; 40];
+        d.hw_info.data = smmuv3_hw_info_data(&SMMUV3_RIG_IDR, 0x0000_043b, 0);
         d.nesting = true;
+        d.viommu = true;
+        d.stream_id = 0x10;
         d
     }
 
@@ -81,6 +92,40 @@ impl ModelDevice {
     pub fn dma32(name: impl Into<String>) -> Self {
         ModelDevice::new(name, Vec::new(), range(0, 4 * GIB - 1))
     }
+}
+
+/// IDR0..5 as QEMU's virt SMMUv3 (stage "nested") reports them in the aarch64 rig:
+/// IDR0 S1P, S2P, TTF=AArch64, COHACC, BTM, ASID16, VMID16, MSI, 2-level stream table,
+/// TTENDIAN=little, STALL_MODEL=stall not supported, TERM_MODEL, CD2L; IDR1 SIDSIZE=16,
+/// SSIDSIZE=16, EVENTQS=CMDQS=19; IDR3 RIL; IDR5 OAS=44 bits, 4K and 64K granules.
+pub const SMMUV3_RIG_IDR: [u32; 6] = [
+    (1 << 1)
+        | 1
+        | (2 << 2)
+        | (1 << 4)
+        | (1 << 5)
+        | (1 << 12)
+        | (1 << 13)
+        | (1 << 18)
+        | (1 << 19)
+        | (1 << 27)
+        | (2 << 21)
+        | (1 << 24)
+        | (1 << 26),
+    16 | (16 << 6) | (19 << 16) | (19 << 21),
+    0,
+    1 << 10,
+    0,
+    4 | (1 << 4) | (1 << 6),
+];
+
+/// `struct iommu_hw_info_arm_smmuv3` bytes: flags, `__reserved`, idr[6], iidr, aidr.
+pub fn smmuv3_hw_info_data(idr: &[u32; 6], iidr: u32, aidr: u32) -> Vec<u8> {
+    let mut data = vec![0u8; 8];
+    for word in idr.iter().chain([&iidr, &aidr]) {
+        data.extend_from_slice(&word.to_le_bytes());
+    }
+    data
 }
 
 fn range(start: u64, last: u64) -> IovaRange {

@@ -10,24 +10,31 @@
 //! `fail_nth(n, errno)` makes the n-th trait call from now fail with `errno` and change
 //! nothing, to test a caller's error paths.
 //!
-//! Not modelled: IOMMU groups with several devices, PASIDs, nested HWPTs (they need
-//! driver data the trait does not carry: `EOPNOTSUPP`), fault queues, pinning limits.
+//! Nested translation on SMMUv3 (vIOMMU, vDEVICE, nested HWPTs from guest STEs,
+//! invalidation, vEVENTQ) is in `viommu`, with the errnos of `viommu.c`,
+//! `hw_pagetable.c`, `eventq.c` and `arm-smmu-v3-iommufd.c`.
+//!
+//! Not modelled: IOMMU groups with several devices, PASIDs, nested HWPTs on a paging
+//! parent (the SMMUv3 driver makes them only through a vIOMMU: `EOPNOTSUPP`), fault
+//! queues, pinning limits.
 
 mod device;
 mod io_pagetable;
+mod viommu;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use libc::{EBUSY, EINVAL, ENOENT, EOPNOTSUPP, EOVERFLOW};
 
-pub use device::ModelDevice;
+pub use device::{smmuv3_hw_info_data, ModelDevice, SMMUV3_RIG_IDR};
 use io_pagetable::{IoPagetable, Owner};
 
 use crate::iommufd::{
     DevId, DeviceHandle, HwInfo, HwptFlags, HwptId, IoasId, Iommufd, IommufdError, MapSource,
-    ObjectId, Op, Prot, RangesReply, Result,
+    ObjectId, Op, Prot, RangesReply, Result, SmmuCmd, VEvent, VSte, VdeviceId, VeventqId, ViommuId,
 };
 use crate::iova::{Iova, IovaRange};
+use viommu::{Vdevice, Veventq, Viommu};
 
 type Errno = i32;
 
@@ -39,6 +46,10 @@ struct Hwpt {
     /// The device it was made for: decides which devices it suits.
     made_for: ModelDevice,
     devices: BTreeSet<u32>,
+    /// Allocated with `IOMMU_HWPT_ALLOC_NEST_PARENT`.
+    nest_parent: bool,
+    /// A nested HWPT: its vIOMMU and the (validated) guest STE.
+    nested: Option<(u32, VSte)>,
 }
 
 #[derive(Debug)]
@@ -52,6 +63,9 @@ enum Object {
     Ioas(IoPagetable),
     Hwpt(Hwpt),
     Device(Device),
+    Viommu(Viommu),
+    Vdevice(Vdevice),
+    Veventq(Veventq),
 }
 
 /// The in-process iommufd. See the module docs.
@@ -184,6 +198,8 @@ impl ModelIommufd {
             auto,
             made_for: spec.clone(),
             devices: BTreeSet::new(),
+            nest_parent: false,
+            nested: None,
         }));
         let host_page = self.host_page;
         let added = self
@@ -281,6 +297,8 @@ impl ModelIommufd {
             auto: true,
             made_for: spec.clone(),
             devices: BTreeSet::new(),
+            nest_parent: false,
+            nested: None,
         }));
         if let Err(e) = self.join_hwpt(dev, id) {
             self.objects.remove(&id);
@@ -418,7 +436,9 @@ impl Iommufd for ModelIommufd {
             Some(Object::Ioas(_)) => {}
             // iommufd_hwpt_nested_alloc: no driver data given.
             Some(Object::Hwpt(_)) => return Err(IommufdError::failed(op, EOPNOTSUPP)),
-            Some(Object::Device(_)) => return Err(IommufdError::failed(op, EINVAL)),
+            // iommufd_viommu_alloc_hwpt_nested: no user data.
+            Some(Object::Viommu(_)) => return Err(IommufdError::failed(op, EOPNOTSUPP)),
+            Some(_) => return Err(IommufdError::failed(op, EINVAL)),
         }
         // iommufd_hwpt_paging_alloc: flag checks, then the driver's refusal.
         const FAULT_ID_VALID: u32 = 4;
@@ -433,9 +453,11 @@ impl Iommufd for ModelIommufd {
             // The model has no fault objects, so no fault_id can name one.
             return Err(IommufdError::failed(op, ENOENT));
         }
-        self.new_hwpt(pt.0, &spec, false)
-            .map(HwptId)
-            .map_err(fail(op))
+        let id = self.new_hwpt(pt.0, &spec, false).map_err(fail(op))?;
+        if let Some(h) = self.hwpt_mut(id) {
+            h.nest_parent = flags.contains(HwptFlags::NEST_PARENT);
+        }
+        Ok(HwptId(id))
     }
 
     fn hw_info(&mut self, dev: DevId) -> Result<HwInfo> {
@@ -454,17 +476,22 @@ impl Iommufd for ModelIommufd {
                 .objects
                 .values()
                 .any(|o| matches!(o, Object::Hwpt(h) if h.ioas == id.0)),
-            Some(Object::Hwpt(h)) => !h.devices.is_empty(),
+            Some(Object::Hwpt(h)) => !h.devices.is_empty() || self.viommu_uses(id.0),
             // The VFIO driver holds a reference until the cdev is closed.
             Some(Object::Device(_)) => true,
+            Some(Object::Viommu(_)) => self.viommu_referenced(id.0),
+            Some(Object::Vdevice(_) | Object::Veventq(_)) => false,
         };
         if busy {
             return Err(IommufdError::failed(op, EBUSY));
         }
-        if matches!(self.objects.get(&id.0), Some(Object::Hwpt(_))) {
-            self.free_hwpt(id.0);
-        } else {
-            self.objects.remove(&id.0);
+        match self.objects.get(&id.0) {
+            Some(Object::Hwpt(_)) => self.free_hwpt(id.0),
+            Some(Object::Vdevice(_)) => self.forget_vdevice(id.0),
+            Some(Object::Veventq(_)) => self.forget_veventq(id.0),
+            _ => {
+                self.objects.remove(&id.0);
+            }
         }
         Ok(())
     }
@@ -487,8 +514,14 @@ impl Iommufd for ModelIommufd {
         let hwpt = match self.objects.get(&pt.0) {
             None => Err(ENOENT),
             Some(Object::Ioas(_)) => self.attach_to_ioas(dev.0, pt.0),
-            Some(Object::Hwpt(_)) => self.join_hwpt(dev.0, pt.0).map(|()| pt.0),
-            Some(Object::Device(_)) => Err(EINVAL),
+            Some(Object::Hwpt(h)) => match h.nested {
+                Some((viommu, ste)) => self
+                    .check_nested_attach(dev.0, viommu, ste)
+                    .and_then(|()| self.join_hwpt(dev.0, pt.0))
+                    .map(|()| pt.0),
+                None => self.join_hwpt(dev.0, pt.0).map(|()| pt.0),
+            },
+            Some(_) => Err(EINVAL),
         };
         hwpt.map(HwptId).map_err(fail(op))
     }
@@ -507,230 +540,72 @@ impl Iommufd for ModelIommufd {
         self.enter(op)?;
         self.device(dev.0).map_err(fail(op))?;
         self.leave_hwpt(dev.0, false);
+        // iommufd_device_pre_destroy: the device's vDEVICE goes with it.
+        self.remove_vdevices_of(dev.0);
         self.objects.remove(&dev.0);
         Ok(())
+    }
+
+    fn alloc_viommu(&mut self, dev: DevId, parent: HwptId) -> Result<ViommuId> {
+        let op = Op::ViommuAlloc { dev, parent };
+        self.enter(op)?;
+        self.viommu_alloc(dev.0, parent.0)
+            .map(ViommuId)
+            .map_err(fail(op))
+    }
+
+    fn alloc_vdevice(&mut self, viommu: ViommuId, dev: DevId, virt_id: u64) -> Result<VdeviceId> {
+        let op = Op::VdeviceAlloc {
+            viommu,
+            dev,
+            virt_id,
+        };
+        self.enter(op)?;
+        self.vdevice_alloc(viommu.0, dev.0, virt_id)
+            .map(VdeviceId)
+            .map_err(fail(op))
+    }
+
+    fn alloc_nested_hwpt(&mut self, dev: DevId, viommu: ViommuId, ste: VSte) -> Result<HwptId> {
+        let op = Op::NestedAlloc { dev, viommu };
+        self.enter(op)?;
+        self.nested_alloc(dev.0, viommu.0, ste)
+            .map(HwptId)
+            .map_err(fail(op))
+    }
+
+    fn invalidate_viommu(&mut self, viommu: ViommuId, cmds: &[SmmuCmd]) -> Result<()> {
+        let total = u32::try_from(cmds.len()).unwrap_or(u32::MAX);
+        let failed = |done: u32, errno: i32| IommufdError::Invalidate {
+            viommu,
+            done,
+            total,
+            errno,
+        };
+        self.calls += 1;
+        let now = self.calls;
+        if let Some(i) = self.faults.iter().position(|&(at, _)| at == now) {
+            let (_, errno) = self.faults.swap_remove(i);
+            return Err(failed(0, errno));
+        }
+        self.invalidate(viommu.0, cmds)
+            .map_err(|(done, errno)| failed(done, errno))
+    }
+
+    fn alloc_veventq(&mut self, viommu: ViommuId, depth: u32) -> Result<VeventqId> {
+        let op = Op::VeventqAlloc(viommu);
+        self.enter(op)?;
+        self.veventq_alloc(viommu.0, depth)
+            .map(VeventqId)
+            .map_err(fail(op))
+    }
+
+    fn read_vevents(&mut self, veventq: VeventqId, max: usize) -> Result<Vec<VEvent>> {
+        let op = Op::ReadVevents(veventq);
+        self.enter(op)?;
+        self.veventq_read(veventq.0, max).map_err(fail(op))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::HostVirtAddr;
-
-    const PAGE: u64 = 4096;
-
-    fn r(start: u64, last: u64) -> IovaRange {
-        IovaRange::new(start, last).unwrap()
-    }
-
-    fn setup() -> (ModelIommufd, IoasId, DevId) {
-        let mut m = ModelIommufd::with_page_size(PAGE);
-        let ioas = m.alloc_ioas().unwrap();
-        let dev = m
-            .bind_device(DeviceHandle::Model(ModelDevice::x86_vtd()))
-            .unwrap();
-        (m, ioas, dev)
-    }
-
-    #[test]
-    fn attach_narrows_like_the_x86_rig_and_detach_restores() {
-        let (mut m, ioas, dev) = setup();
-        let hwpt = m.attach_device(dev, ioas.into()).unwrap();
-        let ranges = m.iova_ranges(ioas).unwrap();
-        assert_eq!(
-            ranges.ranges,
-            vec![r(0, 0xfedf_ffff), r(0xfef0_0000, (1 << 48) - 1)]
-        );
-        assert_eq!(ranges.alignment, PAGE);
-        assert_eq!(m.destroy(ioas.into()).unwrap_err().errno(), EBUSY);
-        assert_eq!(m.destroy(hwpt.into()).unwrap_err().errno(), EBUSY);
-        m.detach_device(dev).unwrap();
-        m.detach_device(dev).unwrap();
-        assert_eq!(m.iova_ranges(ioas).unwrap().ranges, vec![IovaRange::FULL]);
-        assert!(
-            m.hwpt(hwpt.0).is_none(),
-            "the automatic HWPT went with its device"
-        );
-        m.destroy(ioas.into()).unwrap();
-    }
-
-    #[test]
-    fn second_device_reuses_the_automatic_hwpt() {
-        let (mut m, ioas, dev) = setup();
-        let dev2 = m
-            .bind_device(DeviceHandle::Model(ModelDevice::x86_vtd()))
-            .unwrap();
-        let a = m.attach_device(dev, ioas.into()).unwrap();
-        let b = m.attach_device(dev2, ioas.into()).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(
-            m.attach_device(dev, ioas.into()).unwrap(),
-            a,
-            "re-attach is a no-op"
-        );
-        m.unbind_device(dev).unwrap();
-        assert!(m.hwpt(a.0).is_some());
-        m.unbind_device(dev2).unwrap();
-        assert!(m.hwpt(a.0).is_none());
-    }
-
-    #[test]
-    fn attach_refuses_to_take_allowed_or_mapped_iova() {
-        let (mut m, ioas, dev) = setup();
-        m.allow_iovas(ioas, &[r(0xfe00_0000, 0xfeff_ffff)]).unwrap();
-        let err = m.attach_device(dev, ioas.into()).unwrap_err();
-        assert_eq!(err.errno(), libc::EADDRINUSE);
-        assert_eq!(m.iova_ranges(ioas).unwrap().ranges, vec![IovaRange::FULL]);
-        assert_eq!(m.object_ids().len(), 2, "no HWPT left behind");
-        m.allow_iovas(ioas, &[]).unwrap();
-        let va = HostVirtAddr(0x7000_0000);
-        m.map_user(ioas, va, PAGE, Some(Iova(0xfee0_0000)), Prot::READ)
-            .unwrap();
-        assert_eq!(
-            m.attach_device(dev, ioas.into()).unwrap_err().errno(),
-            libc::EADDRINUSE
-        );
-        m.unmap_all(ioas).unwrap();
-        m.map_user(ioas, va, PAGE, Some(Iova(1 << 48)), Prot::READ)
-            .unwrap();
-        assert_eq!(
-            m.attach_device(dev, ioas.into()).unwrap_err().errno(),
-            libc::EADDRINUSE,
-            "a mapping outside the aperture blocks the domain"
-        );
-        assert_eq!(m.iova_ranges(ioas).unwrap().ranges, vec![IovaRange::FULL]);
-    }
-
-    #[test]
-    fn replace_moves_reservations_between_ioases() {
-        let (mut m, ioas, dev) = setup();
-        let other = m.alloc_ioas().unwrap();
-        m.attach_device(dev, ioas.into()).unwrap();
-        m.attach_device(dev, other.into()).unwrap();
-        assert_eq!(m.iova_ranges(ioas).unwrap().ranges, vec![IovaRange::FULL]);
-        assert_eq!(m.iova_ranges(other).unwrap().ranges.len(), 2);
-        // A replace that fails leaves the device where it was.
-        m.allow_iovas(ioas, &[r(0xfee0_0000, 0xfee0_ffff)]).unwrap();
-        assert_eq!(
-            m.attach_device(dev, ioas.into()).unwrap_err().errno(),
-            libc::EADDRINUSE
-        );
-        assert_eq!(m.iova_ranges(other).unwrap().ranges.len(), 2);
-    }
-
-    #[test]
-    fn hwpt_alloc_errnos() {
-        let (mut m, ioas, dev) = setup();
-        let nest = HwptFlags::NEST_PARENT;
-        assert_eq!(
-            m.alloc_hwpt(DevId(99), ioas.into(), nest)
-                .unwrap_err()
-                .errno(),
-            ENOENT
-        );
-        assert_eq!(
-            m.alloc_hwpt(dev, ObjectId(99), nest).unwrap_err().errno(),
-            EINVAL
-        );
-        assert_eq!(
-            m.alloc_hwpt(dev, ioas.into(), nest).unwrap_err().errno(),
-            EOPNOTSUPP
-        );
-        let hwpt = m.alloc_hwpt(dev, ioas.into(), HwptFlags::NONE).unwrap();
-        assert_eq!(
-            m.iova_ranges(ioas).unwrap().ranges,
-            vec![r(0, (1 << 48) - 1)]
-        );
-        let err = m.alloc_hwpt(dev, hwpt.into(), HwptFlags::NONE).unwrap_err();
-        assert_eq!(err.errno(), EOPNOTSUPP, "nested without driver data");
-        assert_eq!(m.attach_device(dev, hwpt.into()).unwrap(), hwpt);
-        m.detach_device(dev).unwrap();
-        assert!(m.hwpt(hwpt.0).is_some(), "a user HWPT outlives its devices");
-        m.destroy(hwpt.into()).unwrap();
-        assert_eq!(m.iova_ranges(ioas).unwrap().ranges, vec![IovaRange::FULL]);
-
-        let mut arm = ModelIommufd::with_page_size(PAGE);
-        let ioas = arm.alloc_ioas().unwrap();
-        let dev = arm
-            .bind_device(DeviceHandle::Model(ModelDevice::arm_smmuv3()))
-            .unwrap();
-        arm.alloc_hwpt(dev, ioas.into(), nest).unwrap();
-        assert_eq!(
-            arm.hw_info(dev).unwrap().kind,
-            crate::HwInfoType::ARM_SMMUV3
-        );
-        assert_eq!(arm.hw_info(DevId(42)).unwrap_err().errno(), ENOENT);
-    }
-
-    #[test]
-    fn fail_nth_fails_exactly_that_call_and_changes_nothing() {
-        let mut m = ModelIommufd::with_page_size(PAGE);
-        let ioas = m.alloc_ioas().unwrap();
-        m.fail_nth(2, libc::ENOMEM);
-        let va = HostVirtAddr(0x10_0000);
-        m.map_user(ioas, va, PAGE, Some(Iova(0x1000)), Prot::READ)
-            .unwrap();
-        let err = m
-            .map_user(ioas, va, PAGE, Some(Iova(0x2000)), Prot::READ)
-            .unwrap_err();
-        assert_eq!(err.errno(), libc::ENOMEM);
-        assert!(matches!(err.op(), Some(Op::Map { .. })));
-        assert_eq!(m.mappings(ioas), vec![r(0x1000, 0x1fff)]);
-        m.map_user(ioas, va, PAGE, Some(Iova(0x2000)), Prot::READ)
-            .unwrap();
-        assert_eq!(m.calls(), 4);
-        m.fail_nth(1, libc::EIO);
-        assert_eq!(m.alloc_ioas().unwrap_err().errno(), libc::EIO);
-        assert_eq!(m.object_ids(), vec![ObjectId(ioas.0)]);
-    }
-
-    #[test]
-    fn map_ioctl_level_checks() {
-        let mut m = ModelIommufd::with_page_size(PAGE);
-        let ioas = m.alloc_ioas().unwrap();
-        let va = HostVirtAddr(0x10_0000);
-        let e = |r: Result<Iova>| r.unwrap_err().errno();
-        assert_eq!(e(m.map_user(ioas, va, PAGE, None, Prot(0x100))), EOPNOTSUPP);
-        assert_eq!(
-            e(m.map_user(ioas, va, u64::MAX, None, Prot::READ)),
-            EOVERFLOW
-        );
-        assert_eq!(e(m.map_user(ioas, va, PAGE, None, Prot::NONE)), EINVAL);
-        assert_eq!(e(m.map_user(IoasId(9), va, PAGE, None, Prot::READ)), ENOENT);
-        assert_eq!(
-            e(m.map_user(ioas, HostVirtAddr(u64::MAX - 10), PAGE, None, Prot::READ)),
-            EOVERFLOW
-        );
-        assert_eq!(e(m.map_user(ioas, va, 0, None, Prot::READ)), EINVAL);
-        assert_eq!(
-            m.unmap(ioas, Iova(u64::MAX), 1).unwrap_err().errno(),
-            EOVERFLOW
-        );
-        assert_eq!(m.unmap_all(ioas).unwrap(), 0);
-        let mut one = [IovaRange::FULL; 0];
-        let err = m.iova_ranges_into(ioas, &mut one).unwrap_err();
-        assert!(matches!(
-            err,
-            IommufdError::RangesBufferTooSmall {
-                needed: 1,
-                given: 0,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn ids_are_reused_lowest_first() {
-        let mut m = ModelIommufd::with_page_size(PAGE);
-        let a = m.alloc_ioas().unwrap();
-        let b = m.alloc_ioas().unwrap();
-        assert_eq!((a.0, b.0), (1, 2));
-        m.destroy(a.into()).unwrap();
-        assert_eq!(m.alloc_ioas().unwrap().0, 1);
-        assert_eq!(m.destroy(ObjectId(0)).unwrap_err().errno(), ENOENT);
-        let dev = m
-            .bind_device(DeviceHandle::Model(ModelDevice::dma32("d")))
-            .unwrap();
-        assert_eq!(m.destroy(dev.into()).unwrap_err().errno(), EBUSY);
-    }
-}
+mod tests;

@@ -74,6 +74,7 @@ fn located(name: &str) -> LocatedDevice {
         spec: DeviceSpec {
             path: PathBuf::from(format!("/sys/bus/pci/devices/{BDF}")),
             id: Some(name.to_string()),
+            iommu: false,
         },
         pci: PciPassthroughDevice {
             bdf: BDF.to_string(),

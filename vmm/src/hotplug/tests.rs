@@ -39,6 +39,8 @@ const PAGE: u64 = 4096;
 struct HostDev {
     bdf: String,
     reserved: Vec<IovaRange>,
+    /// Behind a host SMMUv3 that can nest.
+    smmu: bool,
 }
 
 /// Host devices on the iommufd model: `locate` finds them by path, `probe` attaches a model
@@ -55,6 +57,12 @@ struct ModelOpener {
 }
 
 fn model_device(d: &HostDev) -> ModelDevice {
+    if d.smmu {
+        let mut m = ModelDevice::arm_smmuv3();
+        m.name = d.bdf.clone();
+        m.reserved = d.reserved.clone();
+        return m;
+    }
     ModelDevice::new(d.bdf.clone(), d.reserved.clone(), IovaRange::FULL)
 }
 
@@ -230,6 +238,7 @@ impl Rig {
                 HostDev {
                     bdf: bdf.to_string(),
                     reserved: vec![IovaRange::new(0xfee0_0000, 0xfeef_ffff).unwrap()],
+                    smmu: false,
                 },
             );
         }
@@ -257,9 +266,11 @@ impl Rig {
             },
         );
         let stop = Arc::new(AtomicBool::new(false));
-        let guest = Some(spawn_guest(root.clone(), ports, guest, stop.clone()));
-        // Let the guest's port driver set up before anything is asked.
-        std::thread::sleep(Duration::from_millis(20));
+        let (ready, set_up) = std::sync::mpsc::channel();
+        let guest = Some(spawn_guest(root.clone(), ports, guest, stop.clone(), ready));
+        // Let the guest's port driver set up before anything is asked (a fixed pause is
+        // too short on a loaded machine).
+        set_up.recv_timeout(Duration::from_secs(30)).unwrap();
         Rig {
             model,
             kvm,
@@ -311,6 +322,7 @@ impl Rig {
         let spec = DeviceSpec {
             path: path(name),
             id: Some(name.to_string()),
+            iommu: false,
         };
         let host = lock(&self.hosts).get(&spec.path).cloned().unwrap();
         let located = LocatedDevice {
@@ -340,6 +352,7 @@ impl Rig {
             key: bdf,
             guest_bdf: bdf,
             port: None,
+            iommu: false,
             device,
             function,
         });
@@ -364,13 +377,14 @@ fn cfg_write(root: &Mutex<PciRoot>, bdf: PciBdf, reg: usize, offset: u64, data: 
     lock(root).config_write(bdf, reg, offset, data);
 }
 
-/// A guest: its port driver enables MSI and slot notification on every port, then it
-/// polls each slot's status as pciehp's interrupt thread would.
+/// A guest: its port driver enables MSI and slot notification on every port (then says so
+/// on `ready`), then it polls each slot's status as pciehp's interrupt thread would.
 fn spawn_guest(
     root: Arc<Mutex<PciRoot>>,
     ports: u8,
     mode: Guest,
     stop: Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<()>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let skip = usize::from(mode == Guest::NotOnFirst);
@@ -378,6 +392,7 @@ fn spawn_guest(
             .map(|i| lock(&root).port_bdf(i).unwrap())
             .collect();
         if mode == Guest::Absent {
+            let _ = ready.send(());
             return;
         }
         for &p in &port_bdfs {
@@ -393,6 +408,7 @@ fn spawn_guest(
                 | SLTCTL_ATTN_IND_OFF;
             cfg_write(&root, p, SLOT_REG, 0, &ctl.to_le_bytes());
         }
+        let _ = ready.send(());
         while !stop.load(Ordering::Acquire) {
             for &p in &port_bdfs {
                 let reg = cfg_read(&root, p, SLOT_REG);
@@ -688,4 +704,77 @@ fn the_device_goes_to_a_slot_the_guest_listens_to() {
     assert_eq!(err.kind, HotplugFaultKind::NotReady, "{err}");
     assert!(err.message.contains("slot 1"), "{err}");
     rig.hp.remove_device("a").unwrap();
+}
+
+/// Cold-plugged devices behind the vSMMU (built after them, as at start) and hot-added
+/// devices share the Passthrough owner: a hot add and remove leave the vSMMU's devices where
+/// they are, and dropping the owner tears down in order (the model refuses to destroy a
+/// stage 2 that still has devices, so a wrong order leaves objects behind).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn hot_adds_beside_the_vsmmu_leave_it_alone_and_teardown_is_ordered() {
+    use crate::vsmmu::{NestedDevice, VmVsmmu, VsmmuSlot};
+    use devices::smmuv3::HostSmmuInfo;
+    use passthrough::Iommufd;
+
+    let vm = match crate::vstate::vm::Vm::new() {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("SKIPPED: no usable /dev/kvm for the vSMMU's irqfds: {e}");
+            return;
+        }
+    };
+    vm.setup_irqchip().unwrap();
+    let mut rig = Rig::new(1, Guest::Pciehp);
+    lock(&rig.hosts).get_mut(&path("a")).unwrap().smmu = true;
+    rig.cold_plug("a");
+    let mut bus = devices::Bus::new();
+    {
+        let mut pt = lock(&rig.pt);
+        let a = &pt.devices()[0];
+        let dev = a.device.dev_id().unwrap();
+        let rid = a.guest_bdf.requester_id();
+        let data = lock(&rig.model).hw_info(dev).unwrap().data;
+        let host = HostSmmuInfo::from_hw_info_data(&data).unwrap();
+        let vsmmu = VmVsmmu::new(
+            pt.iommufd().cloned().unwrap(),
+            pt.ioas().unwrap(),
+            &[NestedDevice {
+                name: "a".into(),
+                dev,
+                rid,
+            }],
+            &host,
+            rig.mem.clone(),
+            vm.fd(),
+            VsmmuSlot {
+                base: 0x0900_0000,
+                size: 0x2_0000,
+                eventq_spi: 2,
+                gerror_spi: 3,
+                msi_doorbell: 0x0203_0040,
+            },
+            Vec::new(),
+            &mut bus,
+        )
+        .unwrap();
+        pt.set_vsmmu(vsmmu);
+        assert_eq!(pt.vsmmu_node().unwrap().rids, [rid]);
+    }
+    let dev_a = lock(&rig.pt).devices()[0].device.dev_id().unwrap();
+    let stage2 = lock(&rig.model).attached_hwpt(dev_a).unwrap();
+    let before = rig.snapshot();
+
+    rig.add("b").unwrap();
+    assert_eq!(lock(&rig.model).attached_hwpt(dev_a), Some(stage2));
+    rig.hp.remove_device("b").unwrap();
+    assert_eq!(rig.snapshot(), before);
+    assert_eq!(lock(&rig.model).attached_hwpt(dev_a), Some(stage2));
+    assert!(lock(&rig.pt).vsmmu_node().is_some());
+    let err = rig.hp.remove_device("a").unwrap_err();
+    assert_eq!(err.kind, HotplugFaultKind::Conflict, "{err}");
+
+    let model = rig.model.clone();
+    drop(rig);
+    assert_eq!(lock(&model).object_ids(), Vec::<ObjectId>::new());
 }

@@ -12,6 +12,15 @@
 //! ECAM, both MMIO windows, `msi-map` to the ITS with DeviceID = requester ID). The bridge
 //! has no `interrupt-map`: functions interrupt through MSI/MSI-X only.
 //!
+//! With [`FdtConfig::vsmmu`] it describes the guest-visible SMMUv3 ([`VsmmuNode`]): an
+//! `arm,smmu-v3` node with wired event queue and GERROR SPIs, an `iommu-map` on the host
+//! bridge for exactly the functions behind it (the others bypass it), and, for their MSIs
+//! under nesting, the host's software MSI window as a `/reserved-memory` region whose
+//! `iommu-addresses` name each of those functions (a `pci@slot,fn` child of the bridge
+//! holding `memory-region`): Linux (`of_iommu_get_resv_regions`) then makes it a direct
+//! region, so the guest's stage 1 maps the window 1:1 and the device's MSI writes, which
+//! the host programmed with an address in that window, reach the ITS through stage 2.
+//!
 //! What this module does not do: no PMU node, no `rng-seed`. The UART needs no clock node:
 //! the 8250 OF driver takes the `clock-frequency` property (a `apb_pclk` fixed clock is only
 //! needed by AMBA devices such as a PL011).
@@ -20,6 +29,7 @@ use vm_fdt::FdtWriter;
 
 use super::layout::{self, RamRegion};
 use super::vcpu::MPIDR_AFFINITY_MASK;
+pub use crate::vsmmu::VsmmuNode;
 
 /// The arm64 boot protocol's limit on the DTB size.
 pub const FDT_MAX_SIZE: u64 = 2 << 20;
@@ -29,6 +39,12 @@ pub const CMDLINE_MAX_LEN: usize = 2047;
 pub const GIC_PHANDLE: u32 = 1;
 /// phandle of the ITS node, for `msi-parent` / `msi-map` of future PCI nodes.
 pub const ITS_PHANDLE: u32 = 2;
+/// phandle of the SMMUv3 node.
+pub const SMMU_PHANDLE: u32 = 3;
+/// phandle of the first `/reserved-memory` MSI region (one per window, counting up).
+const MSI_REGION_PHANDLE: u32 = 0x10;
+/// phandle of the first PCI function node behind the SMMU (one per function, counting up).
+const PCI_FUNCTION_PHANDLE: u32 = 0x100;
 
 /// GICv3 binding: interrupt type SPI.
 const GIC_FDT_IRQ_TYPE_SPI: u32 = 0;
@@ -107,6 +123,8 @@ pub struct FdtConfig<'a> {
     pub initrd: Option<InitrdRange>,
     /// Describe the PCIe host bridge (ECAM at [`layout::PCI_ECAM_START`]).
     pub pci: bool,
+    /// Describe a guest-visible SMMUv3 (needs `pci`).
+    pub vsmmu: Option<&'a VsmmuNode>,
 }
 
 /// Splits a 64-bit value into two big-endian-ordered cells (high, low).
@@ -187,8 +205,12 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     fdt.property_u32("clock-frequency", layout::SERIAL_CLOCK_HZ)?;
     fdt.end_node(serial)?;
 
+    if let Some(v) = cfg.vsmmu.filter(|_| cfg.pci) {
+        write_smmu(&mut fdt, v)?;
+        write_msi_regions(&mut fdt, v)?;
+    }
     if cfg.pci {
-        write_pci(&mut fdt)?;
+        write_pci(&mut fdt, cfg.vsmmu)?;
     }
 
     let chosen = fdt.begin_node("chosen")?;
@@ -271,9 +293,63 @@ fn pci_range(space: u32, addr: u64, size: u64) -> [u32; 7] {
     [space, ah, al, ah, al, sh, sl]
 }
 
+/// The `arm,smmu-v3` node: registers, wired event queue and GERROR SPIs (edge: irqfds),
+/// one cell per master (its StreamID), coherent table walks.
+fn write_smmu(fdt: &mut FdtWriter, v: &VsmmuNode) -> Result<(), FdtError> {
+    let smmu = fdt.begin_node(&format!("iommu@{:x}", v.base))?;
+    fdt.property_string("compatible", "arm,smmu-v3")?;
+    fdt.property_array_u64("reg", &[v.base, layout::SMMU_SIZE])?;
+    fdt.property_array_u32(
+        "interrupts",
+        &[
+            GIC_FDT_IRQ_TYPE_SPI,
+            v.eventq_spi,
+            IRQ_TYPE_EDGE_RISING,
+            GIC_FDT_IRQ_TYPE_SPI,
+            v.gerror_spi,
+            IRQ_TYPE_EDGE_RISING,
+        ],
+    )?;
+    fdt.property_string_list("interrupt-names", vec!["eventq".into(), "gerror".into()])?;
+    fdt.property_u32("#iommu-cells", 1)?;
+    fdt.property_null("dma-coherent")?;
+    fdt.property_phandle(SMMU_PHANDLE)?;
+    fdt.end_node(smmu)?;
+    Ok(())
+}
+
+/// `/reserved-memory`: one `no-map` region per host MSI window, `reg` = `iommu-addresses`
+/// (same address: a direct mapping) for every function behind the SMMU. The function
+/// nodes' address is three PCI cells (their bus has no `dma-ranges`: 1:1).
+fn write_msi_regions(fdt: &mut FdtWriter, v: &VsmmuNode) -> Result<(), FdtError> {
+    if v.msi_windows.is_empty() {
+        return Ok(());
+    }
+    let rm = fdt.begin_node("reserved-memory")?;
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_null("ranges")?;
+    for (i, &(start, size)) in v.msi_windows.iter().enumerate() {
+        let node = fdt.begin_node(&format!("msi@{start:x}"))?;
+        fdt.property_array_u64("reg", &[start, size])?;
+        let [ah, al] = cells(start);
+        let [sh, sl] = cells(size);
+        let maps: Vec<u32> = (0..v.rids.len() as u32)
+            .flat_map(|f| [PCI_FUNCTION_PHANDLE + f, 0, ah, al, sh, sl])
+            .collect();
+        fdt.property_array_u32("iommu-addresses", &maps)?;
+        fdt.property_null("no-map")?;
+        fdt.property_phandle(MSI_REGION_PHANDLE + i as u32)?;
+        fdt.end_node(node)?;
+    }
+    fdt.end_node(rm)?;
+    Ok(())
+}
+
 /// The generic ECAM host bridge: buses 0-255, the 32- and 64-bit MMIO windows, MSIs through
-/// the ITS with DeviceID = requester ID (BDF), DMA cache-coherent.
-fn write_pci(fdt: &mut FdtWriter) -> Result<(), FdtError> {
+/// the ITS with DeviceID = requester ID (BDF), DMA cache-coherent; with a vSMMU, the
+/// functions behind it in `iommu-map` and as child nodes.
+fn write_pci(fdt: &mut FdtWriter, vsmmu: Option<&VsmmuNode>) -> Result<(), FdtError> {
     let pci = fdt.begin_node(&format!("pcie@{:x}", layout::PCI_ECAM_START.0))?;
     fdt.property_string("compatible", "pci-host-ecam-generic")?;
     fdt.property_string("device_type", "pci")?;
@@ -298,6 +374,30 @@ fn write_pci(fdt: &mut FdtWriter) -> Result<(), FdtError> {
     // <rid-base msi-controller msi-base length>: every requester ID to the same DeviceID.
     fdt.property_array_u32("msi-map", &[0, ITS_PHANDLE, 0, 0x1_0000])?;
     fdt.property_null("dma-coherent")?;
+    if let Some(v) = vsmmu {
+        // <rid-base iommu sid-base length>: StreamID = requester ID, one function each;
+        // requester IDs not listed bypass the SMMU.
+        let map: Vec<u32> = v
+            .rids
+            .iter()
+            .flat_map(|&rid| [u32::from(rid), SMMU_PHANDLE, u32::from(rid), 1])
+            .collect();
+        fdt.property_array_u32("iommu-map", &map)?;
+        let regions: Vec<u32> = (0..v.msi_windows.len() as u32)
+            .map(|i| MSI_REGION_PHANDLE + i)
+            .collect();
+        for (i, &rid) in v.rids.iter().enumerate() {
+            let (slot, func) = ((rid >> 3) & 0x1f, rid & 7);
+            let node = fdt.begin_node(&format!("pci@{slot:x},{func:x}"))?;
+            // phys.hi of the function's config space: bus 0, devfn; no size.
+            fdt.property_array_u32("reg", &[u32::from(rid) << 8, 0, 0, 0, 0])?;
+            if !regions.is_empty() {
+                fdt.property_array_u32("memory-region", &regions)?;
+            }
+            fdt.property_phandle(PCI_FUNCTION_PHANDLE + i as u32)?;
+            fdt.end_node(node)?;
+        }
+    }
     fdt.end_node(pci)?;
     Ok(())
 }
@@ -408,6 +508,7 @@ mod tests {
             cmdline: "console=ttyS0 earlycon",
             initrd,
             pci: false,
+            vsmmu: None,
         }
     }
 
@@ -509,6 +610,7 @@ mod tests {
             cmdline: "",
             initrd: None,
             pci: false,
+            vsmmu: None,
         };
         let t = parse(&create_fdt(&cfg).unwrap());
         assert_eq!(u32s(prop(&t, "/cpus/cpu@101", "reg")), [0, 0x101]);
@@ -597,6 +699,76 @@ mod tests {
         assert!(prop(&t, pci, "dma-coherent").is_empty());
     }
 
+    fn vsmmu() -> VsmmuNode {
+        VsmmuNode {
+            base: layout::SMMU_START.0,
+            eventq_spi: layout::SMMU_EVENTQ_SPI,
+            gerror_spi: layout::SMMU_GERROR_SPI,
+            rids: vec![0x08, 0x11],
+            msi_windows: vec![(0x0800_0000, 0x10_0000)],
+        }
+    }
+
+    #[test]
+    fn vsmmu_node_iommu_map_and_msi_window() {
+        let ram_regions = layout::ram_regions(64 * MIB).unwrap();
+        let v = vsmmu();
+        let mut cfg = two_vcpu_config(&ram_regions, None);
+        cfg.vsmmu = Some(&v);
+        let t = parse(&create_fdt(&cfg).unwrap());
+        assert!(!t.contains_key("/iommu@9000000"), "no SMMU without PCI");
+        cfg.pci = true;
+        let t = parse(&create_fdt(&cfg).unwrap());
+        let smmu = "/iommu@9000000";
+        assert_eq!(string(prop(&t, smmu, "compatible")), "arm,smmu-v3");
+        assert_eq!(u64s(prop(&t, smmu, "reg")), [0x0900_0000, 0x2_0000]);
+        assert_eq!(u32s(prop(&t, smmu, "interrupts")), [0, 2, 1, 0, 3, 1]);
+        assert_eq!(prop(&t, smmu, "interrupt-names"), b"eventq\0gerror\0");
+        assert_eq!(u32s(prop(&t, smmu, "#iommu-cells")), [1]);
+        assert_eq!(u32s(prop(&t, smmu, "phandle")), [SMMU_PHANDLE]);
+        let pci = "/pcie@10000000";
+        assert_eq!(
+            u32s(prop(&t, pci, "iommu-map")),
+            [0x08, SMMU_PHANDLE, 0x08, 1, 0x11, SMMU_PHANDLE, 0x11, 1]
+        );
+        let f0 = "/pcie@10000000/pci@1,0";
+        let f1 = "/pcie@10000000/pci@2,1";
+        assert_eq!(u32s(prop(&t, f0, "reg")), [0x0800, 0, 0, 0, 0]);
+        assert_eq!(u32s(prop(&t, f1, "reg")), [0x1100, 0, 0, 0, 0]);
+        let region = "/reserved-memory/msi@8000000";
+        let phandle = u32s(prop(&t, region, "phandle"))[0];
+        assert_eq!(u32s(prop(&t, f0, "memory-region")), [phandle]);
+        assert_eq!(u64s(prop(&t, region, "reg")), [0x0800_0000, 0x10_0000]);
+        let fn_phandles = [f0, f1].map(|f| u32s(prop(&t, f, "phandle"))[0]);
+        assert_eq!(
+            u32s(prop(&t, region, "iommu-addresses")),
+            [
+                fn_phandles[0],
+                0,
+                0,
+                0x0800_0000,
+                0,
+                0x10_0000,
+                fn_phandles[1],
+                0,
+                0,
+                0x0800_0000,
+                0,
+                0x10_0000
+            ]
+        );
+        assert!(prop(&t, region, "no-map").is_empty());
+        // Without an MSI window: no reserved memory, no memory-region.
+        let v = VsmmuNode {
+            msi_windows: Vec::new(),
+            ..vsmmu()
+        };
+        cfg.vsmmu = Some(&v);
+        let t = parse(&create_fdt(&cfg).unwrap());
+        assert!(!t.contains_key("/reserved-memory"));
+        assert!(!t[f0].contains_key("memory-region"));
+    }
+
     /// Decompiles the blob with dtc, whose checks catch binding mistakes the reader above
     /// does not (unit addresses vs reg, phandles, interrupt specifiers).
     #[test]
@@ -608,6 +780,8 @@ mod tests {
         };
         let mut cfg = two_vcpu_config(&ram_regions, Some(initrd));
         cfg.pci = true;
+        let v = vsmmu();
+        cfg.vsmmu = Some(&v);
         let blob = create_fdt(&cfg).unwrap();
         let path = std::env::temp_dir().join(format!("vmm-fdt-test-{}.dtb", std::process::id()));
         std::fs::write(&path, &blob).unwrap();
@@ -637,5 +811,7 @@ mod tests {
         assert!(stderr.trim().is_empty(), "dtc warnings:\n{stderr}\n{dts}");
         assert!(dts.contains("compatible = \"arm,gic-v3-its\";"), "{dts}");
         assert!(dts.contains("stdout-path = \"/serial@1000000\";"), "{dts}");
+        assert!(dts.contains("compatible = \"arm,smmu-v3\";"), "{dts}");
+        assert!(dts.contains("pci@2,1 {"), "{dts}");
     }
 }

@@ -85,6 +85,15 @@ pub const HOST_SW_MSI_START: GuestAddress = GuestAddress(0x0800_0000);
 /// Size of the host's software MSI window.
 pub const HOST_SW_MSI_SIZE: u64 = 0x10_0000;
 
+/// The guest-visible SMMUv3 (`--device ...,iommu=on`): two 64 KiB register pages.
+pub const SMMU_START: GuestAddress = GuestAddress(0x0900_0000);
+/// Size of the SMMU's MMIO window.
+pub const SMMU_SIZE: u64 = 0x2_0000;
+/// SPI (= GSI) of the SMMU's event queue interrupt.
+pub const SMMU_EVENTQ_SPI: u32 = 2;
+/// SPI (= GSI) of the SMMU's global error interrupt.
+pub const SMMU_GERROR_SPI: u32 = 3;
+
 /// PCIe enhanced configuration space (not populated yet).
 pub const PCI_ECAM_START: GuestAddress = GuestAddress(0x1000_0000);
 /// Size of the ECAM window: 256 buses x 32 devices x 8 functions x 4 KiB.
@@ -282,6 +291,7 @@ mod tests {
             ("gic its", GIC_ITS_START.0, GIC_ITS_SIZE),
             ("gic redist", GIC_REDIST_START.0, gic_redist_size(MAX_VCPUS)),
             ("sw msi", HOST_SW_MSI_START.0, HOST_SW_MSI_SIZE),
+            ("smmu", SMMU_START.0, SMMU_SIZE),
             ("ecam", PCI_ECAM_START.0, PCI_ECAM_SIZE),
             ("mmio32", PCI_MMIO32_START.0, PCI_MMIO32_SIZE),
             ("ram", RAM_START.0, MAX_MEM_SIZE),

@@ -71,6 +71,8 @@ pub struct BootConfig<'a> {
     pub ram: &'a [RamRegion],
     /// Whether a PCI segment (ECAM at [`layout::PCI_ECAM_START`]) is present.
     pub pci: bool,
+    /// The guest-visible SMMUv3, if any device sits behind one.
+    pub vsmmu: Option<&'a fdt::VsmmuNode>,
 }
 
 /// Where things went, for logging.
@@ -111,6 +113,7 @@ pub fn setup_boot(
         cmdline: cfg.cmdline,
         initrd: plan.initrd,
         pci: cfg.pci,
+        vsmmu: cfg.vsmmu,
     })?;
     loader::write_dtb(mem, plan.dtb, &blob)?;
     vcpu::set_boot_regs(boot_vcpu, plan.kernel, plan.dtb)?;

@@ -6,19 +6,24 @@
 //! (`include/uapi/linux/iommufd.h`, `drivers/iommu/iommufd/`); the conformance suite
 //! ([`crate::conformance`]) holds both backends to them.
 //!
-//! Not here: vIOMMU/vDEVICE objects, nested (stage-1) HWPTs with driver data, dirty
-//! tracking bitmaps, IOAS copy, PASID attach. The trait covers a VMM that gives each
-//! passed-through device the guest's RAM as its IOVA space.
+//! Nested translation on ARM SMMUv3 is covered too: a vIOMMU over a `NEST_PARENT` HWPT,
+//! vDEVICEs (guest StreamIDs), nested HWPTs from a guest STE, invalidations forwarded on
+//! the vIOMMU and a vEVENTQ to read the guest's faults from.
+//!
+//! Not here: other vIOMMU types (VT-d, AMD, Tegra CMDQV), dirty tracking bitmaps, IOAS
+//! copy, PASID attach, fault (PRI) queues, HW queues.
 
 use std::fmt;
-use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 
 use iommufd_bindings::iommufd as b;
 
 use crate::iova::{HostVirtAddr, Iova, IovaRange};
+
+mod error;
+
 use crate::model::ModelDevice;
+pub use error::{errno_name, IommufdError, Op, Result};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -50,6 +55,56 @@ id_type!(
     /// Id of a device bound to the iommufd (`VFIO_DEVICE_BIND_IOMMUFD`'s `out_devid`).
     DevId
 );
+
+id_type!(
+    /// Id of a vIOMMU (`IOMMU_VIOMMU_ALLOC`).
+    ViommuId
+);
+id_type!(
+    /// Id of a vDEVICE (`IOMMU_VDEVICE_ALLOC`).
+    VdeviceId
+);
+id_type!(
+    /// Id of a vEVENTQ (`IOMMU_VEVENTQ_ALLOC`).
+    VeventqId
+);
+
+impl From<ViommuId> for ObjectId {
+    fn from(id: ViommuId) -> ObjectId {
+        ObjectId(id.0)
+    }
+}
+
+impl From<VdeviceId> for ObjectId {
+    fn from(id: VdeviceId) -> ObjectId {
+        ObjectId(id.0)
+    }
+}
+
+impl From<VeventqId> for ObjectId {
+    fn from(id: VeventqId) -> ObjectId {
+        ObjectId(id.0)
+    }
+}
+
+/// One guest STE as `IOMMU_HWPT_DATA_ARM_SMMUV3` carries it (`struct
+/// iommu_hwpt_arm_smmuv3`): the STE's first two 64-bit words, CPU order.
+pub type VSte = [u64; 2];
+
+/// One raw SMMUv3 command as `IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3` carries it.
+pub type SmmuCmd = [u64; 2];
+
+/// One record read from a vEVENTQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VEvent {
+    /// `iommufd_vevent_header.sequence` (31 bits, wraps).
+    pub sequence: u32,
+    /// The queue overflowed before this point (`IOMMU_VEVENTQ_FLAG_LOST_EVENTS`); such a
+    /// record has no event data.
+    pub lost: bool,
+    /// `struct iommu_vevent_arm_smmuv3`: the event with the StreamID already the vSID.
+    pub event: [u64; 4],
+}
 
 impl From<IoasId> for ObjectId {
     fn from(id: IoasId) -> ObjectId {
@@ -194,294 +249,6 @@ pub enum DeviceHandle {
     Model(ModelDevice),
 }
 
-/// The operation an [`IommufdError`] is about, with its arguments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// `IOMMU_DESTROY`.
-    Destroy(ObjectId),
-    /// `IOMMU_IOAS_ALLOC`.
-    IoasAlloc,
-    /// `IOMMU_IOAS_IOVA_RANGES`.
-    IovaRanges(IoasId),
-    /// `IOMMU_IOAS_ALLOW_IOVAS`.
-    AllowIovas(IoasId),
-    /// `IOMMU_IOAS_MAP` / `IOMMU_IOAS_MAP_FILE`.
-    Map {
-        /// The IOAS.
-        ioas: IoasId,
-        /// Fixed IOVA, or `None` for kernel-chosen.
-        iova: Option<Iova>,
-        /// Bytes.
-        length: u64,
-        /// True for `IOMMU_IOAS_MAP_FILE`.
-        file: bool,
-    },
-    /// `IOMMU_IOAS_UNMAP`.
-    Unmap {
-        /// The IOAS.
-        ioas: IoasId,
-        /// First IOVA.
-        iova: Iova,
-        /// Bytes.
-        length: u64,
-    },
-    /// `IOMMU_HWPT_ALLOC`.
-    HwptAlloc {
-        /// The device the HWPT is for.
-        dev: DevId,
-        /// The IOAS (or parent) it translates through.
-        pt: ObjectId,
-        /// Requested flags.
-        flags: HwptFlags,
-    },
-    /// `IOMMU_GET_HW_INFO`.
-    GetHwInfo(DevId),
-    /// `VFIO_DEVICE_BIND_IOMMUFD`.
-    Bind,
-    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
-    Attach {
-        /// The device.
-        dev: DevId,
-        /// IOAS or HWPT.
-        pt: ObjectId,
-    },
-    /// `VFIO_DEVICE_DETACH_IOMMUFD_PT`.
-    Detach(DevId),
-    /// Closing the VFIO cdev.
-    Unbind(DevId),
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Op::Destroy(id) => write!(f, "IOMMU_DESTROY of object {id}"),
-            Op::IoasAlloc => write!(f, "IOMMU_IOAS_ALLOC"),
-            Op::IovaRanges(ioas) => write!(f, "IOMMU_IOAS_IOVA_RANGES of IOAS {ioas}"),
-            Op::AllowIovas(ioas) => write!(f, "IOMMU_IOAS_ALLOW_IOVAS on IOAS {ioas}"),
-            Op::Map {
-                ioas,
-                iova,
-                length,
-                file,
-            } => {
-                let name = if file {
-                    "IOMMU_IOAS_MAP_FILE"
-                } else {
-                    "IOMMU_IOAS_MAP"
-                };
-                match iova {
-                    Some(iova) => write!(
-                        f,
-                        "{name} of {length:#x} bytes at IOVA {iova} in IOAS {ioas}"
-                    ),
-                    None => write!(
-                        f,
-                        "{name} of {length:#x} bytes at a kernel-chosen IOVA in IOAS {ioas}"
-                    ),
-                }
-            }
-            Op::Unmap { ioas, iova, length } => {
-                write!(
-                    f,
-                    "IOMMU_IOAS_UNMAP of {length:#x} bytes at IOVA {iova} in IOAS {ioas}"
-                )
-            }
-            Op::HwptAlloc { dev, pt, flags } => write!(
-                f,
-                "IOMMU_HWPT_ALLOC for device {dev} on object {pt} (flags {:#x})",
-                flags.0
-            ),
-            Op::GetHwInfo(dev) => write!(f, "IOMMU_GET_HW_INFO of device {dev}"),
-            Op::Bind => write!(f, "VFIO_DEVICE_BIND_IOMMUFD"),
-            Op::Attach { dev, pt } => {
-                write!(
-                    f,
-                    "VFIO_DEVICE_ATTACH_IOMMUFD_PT of device {dev} to object {pt}"
-                )
-            }
-            Op::Detach(dev) => write!(f, "VFIO_DEVICE_DETACH_IOMMUFD_PT of device {dev}"),
-            Op::Unbind(dev) => write!(f, "unbinding device {dev}"),
-        }
-    }
-}
-
-/// Errors of iommufd operations; see [`IommufdError::errno`] for the kernel's code.
-#[derive(Debug, thiserror::Error)]
-pub enum IommufdError {
-    /// An operation failed with an errno.
-    #[error("{op} failed: {}{}", errno_text(*.errno), hint(.op, *.errno))]
-    Failed {
-        /// What was attempted.
-        op: Op,
-        /// The kernel's (or the model's) errno.
-        errno: i32,
-    },
-    /// `IOMMU_IOAS_IOVA_RANGES` had more ranges than the buffer (`EMSGSIZE`).
-    #[error(
-        "IOMMU_IOAS_IOVA_RANGES of IOAS {ioas}: {needed} ranges do not fit in a buffer of \
-         {given} (EMSGSIZE); retry with a buffer of {needed} or use iova_ranges()"
-    )]
-    RangesBufferTooSmall {
-        /// The IOAS.
-        ioas: IoasId,
-        /// Ranges the IOAS has.
-        needed: u32,
-        /// Buffer entries given.
-        given: u32,
-    },
-    /// The iommufd character device could not be opened.
-    #[error("cannot open {}: {source}{}", .path.display(), open_hint(.source))]
-    Open {
-        /// The path tried.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
-}
-
-impl IommufdError {
-    /// An operation failure with `errno`.
-    pub fn failed(op: Op, errno: i32) -> IommufdError {
-        IommufdError::Failed { op, errno }
-    }
-
-    /// The errno the kernel (or the model) returned.
-    pub fn errno(&self) -> i32 {
-        match self {
-            IommufdError::Failed { errno, .. } => *errno,
-            IommufdError::RangesBufferTooSmall { .. } => libc::EMSGSIZE,
-            IommufdError::Open { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-        }
-    }
-
-    /// The operation, if the error is about one.
-    pub fn op(&self) -> Option<Op> {
-        match self {
-            IommufdError::Failed { op, .. } => Some(*op),
-            IommufdError::RangesBufferTooSmall { ioas, .. } => Some(Op::IovaRanges(*ioas)),
-            IommufdError::Open { .. } => None,
-        }
-    }
-}
-
-/// Result of iommufd operations.
-pub type Result<T> = std::result::Result<T, IommufdError>;
-
-/// The symbolic name of the errnos iommufd uses.
-pub fn errno_name(errno: i32) -> Option<&'static str> {
-    Some(match errno {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EIO => "EIO",
-        libc::EBADF => "EBADF",
-        libc::ENOMEM => "ENOMEM",
-        libc::EFAULT => "EFAULT",
-        libc::EBUSY => "EBUSY",
-        libc::EEXIST => "EEXIST",
-        libc::ENODEV => "ENODEV",
-        libc::EINVAL => "EINVAL",
-        libc::ENOTTY => "ENOTTY",
-        libc::ENOSPC => "ENOSPC",
-        libc::E2BIG => "E2BIG",
-        libc::EMSGSIZE => "EMSGSIZE",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::EADDRINUSE => "EADDRINUSE",
-        libc::EOVERFLOW => "EOVERFLOW",
-        libc::EACCES => "EACCES",
-        _ => return None,
-    })
-}
-
-fn errno_text(errno: i32) -> String {
-    let text = io::Error::from_raw_os_error(errno).to_string();
-    match errno_name(errno) {
-        Some(name) => format!("{name} ({text})"),
-        None => text,
-    }
-}
-
-/// What to do about a failure, as far as the errno says.
-fn hint(op: &Op, errno: i32) -> &'static str {
-    use libc::*;
-    match (op, errno) {
-        (Op::Map { .. }, EEXIST) => {
-            "; part of that IOVA range is already mapped: unmap it first (a map never \
-             replaces existing mappings)"
-        }
-        (Op::Map { .. }, EINVAL) => {
-            "; IOVA, length and source offset must be multiples of the IOAS's IOVA \
-             alignment (IOMMU_IOAS_IOVA_RANGES), the length non-zero, read and/or write \
-             requested, and the range must avoid reserved regions such as the MSI window"
-        }
-        (Op::Map { .. }, ENOSPC) => {
-            "; no free IOVA hole that large inside the allowed ranges: widen the allowed \
-             IOVAs or map at a fixed IOVA"
-        }
-        (Op::Map { .. }, ENOMEM) => {
-            "; pinning the memory hit RLIMIT_MEMLOCK or host memory ran out: raise the \
-             locked-memory limit (ulimit -l) or use CAP_IPC_LOCK"
-        }
-        (Op::Map { .. }, EFAULT) => "; the source memory is not mapped in this process",
-        (Op::Map { .. }, EPERM) => "; write access was asked for read-only memory",
-        (Op::Map { .. } | Op::Unmap { .. }, EOVERFLOW) => {
-            "; the range runs past the end of the 64-bit address space"
-        }
-        (Op::Map { file: true, .. }, EBADF) => "; the file descriptor is not open",
-        (Op::Unmap { .. }, ENOENT) => {
-            "; nothing is mapped there, or the range cuts through a mapping: unmap whole \
-             mappings as they were mapped"
-        }
-        (Op::AllowIovas(_), EADDRINUSE) => {
-            "; an allowed range overlaps a reserved region (e.g. the MSI window) of an \
-             attached device: plan guest RAM around it (vmm --print-memory-map)"
-        }
-        (Op::AllowIovas(_), EINVAL) => {
-            "; every range needs start < last and the ranges must not overlap"
-        }
-        (Op::Attach { .. }, EADDRINUSE) => {
-            "; the device's reserved regions or aperture collide with IOVA that is already \
-             mapped or allowed (guest RAM): plan guest RAM with this device included \
-             (vmm --print-memory-map) before mapping it"
-        }
-        (Op::Attach { .. }, EINVAL) => {
-            "; the device is not bound, the target is not an IOAS or HWPT, or another \
-             device of its IOMMU group is attached elsewhere"
-        }
-        (Op::HwptAlloc { .. }, EOPNOTSUPP) => {
-            "; the IOMMU does not support these flags (nesting parents need e.g. an ARM \
-             SMMUv3 with nesting; VT-d without nesting refuses them)"
-        }
-        (Op::HwptAlloc { .. }, EINVAL) => "; the pt id is not an IOAS",
-        (Op::Destroy(_), EBUSY) => {
-            "; the object is still in use: detach its devices and destroy the HWPTs using \
-             it first"
-        }
-        (Op::Bind, EINVAL) => {
-            "; the device is already bound, was opened through the legacy VFIO group, or \
-             is not a device this backend can bind"
-        }
-        (Op::Bind, EPERM) => {
-            "; the platform cannot isolate MSIs: enable interrupt remapping \
-             (intel_iommu=on, or an ITS on ARM)"
-        }
-        (_, ENOENT) => "; no object with that id in this iommufd",
-        (_, ENOTTY) => "; the kernel does not know this ioctl (too old, or not an iommufd)",
-        _ => "",
-    }
-}
-
-fn open_hint(err: &io::Error) -> &'static str {
-    match err.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENXIO) | Some(libc::ENODEV) => {
-            "; the kernel lacks CONFIG_IOMMUFD or the module is not loaded (modprobe iommufd)"
-        }
-        Some(libc::EACCES) | Some(libc::EPERM) => {
-            "; run as root or give this user read/write access to the device node"
-        }
-        _ => "",
-    }
-}
-
 /// The iommufd operations a VMM needs. Object-safe: use it as `&mut dyn Iommufd` or
 /// generically.
 ///
@@ -538,6 +305,34 @@ pub trait Iommufd {
 
     /// Close the device's cdev, which detaches and unbinds it.
     fn unbind_device(&mut self, dev: DevId) -> Result<()>;
+
+    /// `IOMMU_VIOMMU_ALLOC` of type ARM_SMMUV3 for the physical SMMU behind `dev`, over
+    /// the stage-2 HWPT `parent` (which must be a `NEST_PARENT`).
+    fn alloc_viommu(&mut self, dev: DevId, parent: HwptId) -> Result<ViommuId>;
+
+    /// `IOMMU_VDEVICE_ALLOC`: `dev` is `virt_id` (its guest StreamID) on `viommu`.
+    fn alloc_vdevice(&mut self, viommu: ViommuId, dev: DevId, virt_id: u64) -> Result<VdeviceId>;
+
+    /// `IOMMU_HWPT_ALLOC` of a nested HWPT on `viommu` from a guest STE
+    /// (`IOMMU_HWPT_DATA_ARM_SMMUV3`); `EIO` for fields or values a guest may not set.
+    fn alloc_nested_hwpt(&mut self, dev: DevId, viommu: ViommuId, ste: VSte) -> Result<HwptId>;
+
+    /// `IOMMU_HWPT_INVALIDATE` on `viommu` with raw SMMUv3 commands
+    /// (`IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`), their StreamIDs being vSIDs. On a
+    /// failure, [`IommufdError::Invalidate`] says how many the kernel handled.
+    fn invalidate_viommu(&mut self, viommu: ViommuId, cmds: &[SmmuCmd]) -> Result<()>;
+
+    /// `IOMMU_VEVENTQ_ALLOC` of type ARM_SMMUV3 with room for `depth` events.
+    fn alloc_veventq(&mut self, viommu: ViommuId, depth: u32) -> Result<VeventqId>;
+
+    /// Reads up to `max` pending records of a vEVENTQ without blocking (none: empty).
+    fn read_vevents(&mut self, veventq: VeventqId, max: usize) -> Result<Vec<VEvent>>;
+
+    /// A duplicate of a vEVENTQ's fd, readable while events are pending, for an event
+    /// loop; `None` where there is no fd (the model) or no such queue.
+    fn veventq_fd(&self, _veventq: VeventqId) -> Option<OwnedFd> {
+        None
+    }
 
     /// All IOVA ranges of `ioas`, retrying with a larger buffer on `EMSGSIZE`.
     fn iova_ranges(&mut self, ioas: IoasId) -> Result<IovaRanges> {
@@ -596,6 +391,7 @@ pub trait Iommufd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
 
     #[test]
     fn errors_name_the_errno_and_say_what_to_do() {
