@@ -92,7 +92,7 @@ if [ -n "$HP_SIG" ]; then
 fi
 # What the guest's IOMMU looks like when asked (rig scenario nested.sh).
 if grep -q "l2.iommu=1" /proc/cmdline; then
-    echo "L2-REPORT smmu_probed=$(dmesg | grep -c 'arm-smmu-v3.*ias')"
+    echo "L2-REPORT smmu_probed=$(dmesg | grep -cE 'arm-smmu-v3 [^ ]+: (ias|oas) [0-9]+-bit')"
     for g in /sys/kernel/iommu_groups/*; do
         [ -d "$g" ] || continue
         echo "L2-REPORT iommu_group=$(basename "$g") type=$(cat "$g/type" 2>/dev/null) devices=$(ls "$g/devices" | tr '\n' ' ')resv=$(tr '\n' ';' <"$g/reserved_regions")"

@@ -9,6 +9,7 @@
 . /rig/l1-lib.sh
 ARCH=$(uname -m)
 BLK=$(find_pci 1af4 1042)
+NET=$(find_pci 1af4 1041)
 [ -n "$BLK" ] || fail "virtio-blk not found"
 
 if [ "$ARCH" = x86_64 ]; then
@@ -33,10 +34,12 @@ NEW_SIG="iommufd-vmm-nested-L2-$$"
 printf '%s\n' "$OLD_SIG" | dd of="$DISK" bs=512 count=1 conv=sync 2>/dev/null || fail "write $DISK"
 sync
 bind_vfio "$BLK"
+[ -n "$NET" ] || fail "virtio-net not found"
+bind_vfio "$NET"
 echo "nested: wrote '$OLD_SIG' to $DISK ($BLK); host MSI window $(msi_window)"
 
 CMDLINE="console=ttyS0 earlycon panic=-1 iommu.passthrough=0 iommu.strict=1 l2.iommu=1 l2.new_sig=$NEW_SIG"
-run_l2 "$CMDLINE" 2 512 "$BLK=disk,iommu=on"
+run_l2 "$CMDLINE" 2 512 "$BLK=disk,iommu=on" "$NET=nic,iommu=on"
 STATUS=$(cat /tmp/l2.status)
 echo "nested: $(l2_vmm) exited with status $STATUS"
 [ "$STATUS" = 0 ] || fail "$(l2_vmm) exited with status $STATUS"
@@ -52,6 +55,15 @@ grep "^L2-REPORT iommu_group=" /tmp/l2.log | grep -q "direct" ||
 [ "$(get disk_write)" = ok ] || fail "L2 could not write the new signature"
 BLK_IRQS=$(get blk_irqs)
 [ -n "$BLK_IRQS" ] && [ "$BLK_IRQS" -gt 0 ] || fail "no virtio-blk interrupts in L2 (blk_irqs='$BLK_IRQS')"
+NET_IRQS=$(get net_irqs)
+[ -n "$NET_IRQS" ] && [ "$NET_IRQS" -gt 0 ] || fail "no virtio-net interrupts in L2 (net_irqs='$NET_IRQS')"
+[ "$(grep -c '^L2-REPORT iommu_group=.*type=DMA' /tmp/l2.log)" -ge 2 ] ||
+    fail "not both devices are in translating IOMMU groups in L2"
+# Teardown: every host object destroyed in reverse (a refused IOMMU_DESTROY is logged).
+if grep -q "cannot destroy" /tmp/l2.log; then
+    grep "cannot destroy" /tmp/l2.log | sed 's/^/nested: /'
+    fail "the VMM could not destroy all its iommufd objects on exit"
+fi
 # The VMM's last counters line, e.g. "vSMMU: 812 commands, 3 STE installs (0 failed), ...".
 STATS=$(grep "vSMMU: [0-9]* commands" /tmp/l2.log | tail -1 | sed 's/.*vSMMU: //')
 echo "nested: $STATS"
@@ -68,5 +80,5 @@ DISK=/dev/$(ls $D/virtio*/block/ 2>/dev/null | head -1)
 [ -b "$DISK" ] || fail "the disk did not come back to L1's virtio-blk"
 GOT=$(dd if="$DISK" bs=512 count=1 2>/dev/null | head -n 1 | tr -d '\0')
 [ "$GOT" = "$NEW_SIG" ] || fail "L1 reads '$GOT' on the disk after L2, not '$NEW_SIG'"
-echo "nested: L1 reads L2's signature '$GOT'; blk irqs $BLK_IRQS, $INSTALLS STE installs, $FORWARDED invalidations"
+echo "nested: L1 reads L2's signature '$GOT'; blk irqs $BLK_IRQS, net irqs $NET_IRQS, $INSTALLS STE installs, $FORWARDED invalidations"
 echo "RIG-RESULT: PASS"

@@ -614,7 +614,7 @@ impl Passthrough {
 
 impl Drop for Passthrough {
     fn drop(&mut self) {
-        if let Some(v) = &self.vsmmu {
+        if let Some(v) = self.vsmmu.as_mut() {
             v.release_host();
         }
         self.dma.take();

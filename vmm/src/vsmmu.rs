@@ -231,8 +231,12 @@ impl VmVsmmu {
         self.smmu.lock().unwrap_or_else(|e| e.into_inner()).stats()
     }
 
-    /// Drops the host objects behind the SMMU (call before detaching the devices).
-    pub fn release_host(&self) {
+    /// Drops the host objects behind the SMMU (call before detaching the devices). The
+    /// event thread goes first: its copy of the vEVENTQ fd holds a kernel reference, and
+    /// the vEVENTQ (and with it the vIOMMU, the stage 2 and the IOAS) cannot be destroyed
+    /// while that is open (EBUSY, seen in the rig).
+    pub fn release_host(&mut self) {
+        self.stop_events();
         let backend = self
             .smmu
             .lock()
@@ -242,12 +246,17 @@ impl VmVsmmu {
     }
 }
 
-impl Drop for VmVsmmu {
-    fn drop(&mut self) {
+impl VmVsmmu {
+    fn stop_events(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(h) = self.events.take() {
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for VmVsmmu {
+    fn drop(&mut self) {
         self.release_host();
         log::info!("vSMMU: {}", self.stats());
         self.parent.take();
@@ -369,7 +378,7 @@ mod tests {
             rid: 0x10,
         }];
         let window = vec![(0x0800_0000, 0x10_0000)];
-        let vsmmu = VmVsmmu::new(
+        let mut vsmmu = VmVsmmu::new(
             shared,
             ioas,
             &nested,
