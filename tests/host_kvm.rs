@@ -120,7 +120,7 @@ fn race_result(out: &Output) -> (u64, u64) {
 #[test]
 fn two_vcpus_run_in_parallel_and_lock_xadd_stays_atomic() {
     require_kvm!(write);
-    const ITERS: u64 = 20_000;
+    const ITERS: u64 = 100_000;
     let cmdline = format!("race={ITERS}");
     let parallel = boot(TINY_GUEST_ELF64, 2, "64M", &cmdline);
     check_guest(&parallel, 2, 64, 0);
