@@ -9,6 +9,14 @@
 # what they were before the first cycle, and the disk must still work afterwards.
 # Prints the add and remove latencies (vmm-remote call to answer).
 . /rig/l1-lib.sh
+# The VMM's log goes to its own file: on one stream its lines would cut L2's console lines
+# that the steps below wait for.
+VMMLOG=/tmp/l2.vmm.log
+fail() {
+    tail -n 40 "$VMMLOG" 2>/dev/null | sed 's/^/VMM| /'
+    echo "RIG-RESULT: FAIL $*"
+    exit 1
+}
 ARCH=$(uname -m)
 OLD_SIG="iommufd-vmm-hotplug-L1-$$"
 NEW_SIG="iommufd-vmm-hotplug-L2-$$"
@@ -44,7 +52,7 @@ esac
 rm -f /tmp/l2.status /tmp/l2.log
 ( /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
     --cmdline "$CONSOLE l2.hp_sig=$NEW_SIG l2.hp_cycles=$CYCLES" --vcpus 2 --memory 512M \
-    --log-level info --api-socket "$SOCK" 2>&1
+    --log-level info --api-socket "$SOCK" 2>"$VMMLOG"
   echo $? >/tmp/l2.status ) | tee /tmp/l2.log | sed 's/^/L2| /' &
 l2_watch &
 WATCH=$!
@@ -71,7 +79,7 @@ remote() {
     echo "hotplug: $what in ${LAST_MS} ms: $out"
 }
 fds() { ls "/proc/$(pidof vmm)/fd" 2>/dev/null | wc -l; }
-usage() { grep -a "hotplug: device .*; in use:" /tmp/l2.log | tail -n 1 | sed 's/.*in use: //'; }
+usage() { grep -a "hotplug: device .*; in use:" "$VMMLOG" | tail -n 1 | sed 's/.*in use: //'; }
 
 wait_log 240 "^L2-HP ready"
 grep -a "^L2-HP ready" /tmp/l2.log | sed 's/^/hotplug: /'
@@ -134,4 +142,5 @@ GOT=$(dd if="$(disk_of "$BLK")" bs=512 count=1 2>/dev/null | head -n 1 | tr -d '
 [ "$GOT" = "$NEW_SIG-final" ] || fail "L1 reads '$GOT' at the end, not '$NEW_SIG-final'"
 med() { echo "$@" | tr ' ' '\n' | grep . | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 echo "hotplug: latency (vmm-remote call to answer): disk add $ADD_MS ms, remove $REMOVE_MS ms; nic add median $(med $ADDS) ms, remove median $(med $REMOVES) ms over $CYCLES cycles"
+grep -a "in use:" "$VMMLOG" | tail -n 2 | sed 's/^/VMM| /'
 echo "RIG-RESULT: PASS"
