@@ -70,6 +70,9 @@ pub enum BuilderError {
     /// Signal setup.
     #[error(transparent)]
     Signals(#[from] SignalsError),
+    /// Seccomp filter setup.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// Device setup.
     #[error("cannot set up devices: {0}")]
     Device(String),
@@ -201,6 +204,9 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     // Before any thread exists, so every thread inherits the blocked mask.
     let signals = StopSignals::new()?;
     install_kick_handler()?;
+    devices::virtio::worker::set_start_hook(|| {
+        crate::seccomp::install(&crate::seccomp::filters::DEVICE_WORKER).map_err(|e| e.to_string())
+    });
 
     let vm = Vm::new()?;
     config.validate(&host_limits(&vm, config.hugepages))?;
@@ -288,6 +294,8 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         }
     }
     let result = started.map_err(BuilderError::from).and_then(|_| {
+        // After the vCPU threads started (they install their own), before the event loop.
+        crate::seccomp::install(&crate::seccomp::filters::VMM)?;
         let threads = handles.iter().map(VcpuHandle::pthread).collect();
         event_loop(exit.clone(), signals, dump, threads)
     });

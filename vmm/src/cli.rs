@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{ConfigError, MemoryBackend, SerialConfig, Size, VmConfig};
+use crate::seccomp::SeccompMode;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -82,6 +83,11 @@ pub struct Cli {
     /// --device, read from the kernel through /dev/iommu) and exit without booting.
     #[arg(long)]
     pub print_memory_map: bool,
+
+    /// Seccomp filters per thread: on (a forbidden syscall ends the VMM with status 159 and
+    /// one line naming the thread and syscall), log (the kernel logs it and lets it run), off.
+    #[arg(long, value_enum, value_name = "on|off|log", default_value_t = SeccompMode::On)]
+    pub seccomp: SeccompMode,
 
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = parse_level)]
