@@ -20,6 +20,13 @@ summary() {
     printf '  %s\n' "${TIMES[@]}"
 }
 tier "tiers 1+2 (cargo test, x86_64)" cargo test --workspace
+# Fuzz smoke: every fuzz target builds under cargo-afl and runs a few seconds (installs
+# cargo-afl on first use). Set FUZZ_SMOKE=0 to skip; long runs: tests/fuzz.sh TARGET SECONDS.
+if [ "${FUZZ_SMOKE:-1}" = 1 ]; then
+    tier "fuzz smoke (cargo-afl)" ./tests/fuzz.sh --smoke 5
+else
+    echo "fuzz smoke: SKIPPED (FUZZ_SMOKE=0)"
+fi
 # The rigs take minutes: not worth running on a tree whose unit tests fail.
 if [ "$FAILED" = 1 ]; then
     summary
