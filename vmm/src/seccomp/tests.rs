@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 
 use kvm_bindings::*;
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
+#[cfg(target_arch = "x86_64")]
+use vmm_sys_util::ioctl_iowr_nr;
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
 
 use super::*;
 
