@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::error::Error;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -307,7 +307,7 @@ fn released_by(call: &str) -> Option<Kind> {
 
 /// One life cycle with the `fail_at`-th boundary call failing (0: none). Returns the
 /// outcome and the names of the calls made.
-fn run(fail_at: u64) -> (Outcome, Vec<&'static str>) {
+fn run(fail_at: u64, memfd: Option<BorrowedFd<'_>>) -> (Outcome, Vec<&'static str>) {
     let fds_before = open_fds();
     let faults = Arc::new(Faults::default());
     faults.fail_at.store(fail_at, Ordering::Relaxed);
@@ -336,7 +336,7 @@ fn run(fail_at: u64) -> (Outcome, Vec<&'static str>) {
     let groups: Arc<Mutex<Vec<Arc<FakeInterruptGroup>>>> = Arc::default();
 
     let mut outcome = Outcome::default();
-    let result = start(&shared, &kvm, &slots, &mut opener, &groups, &faults);
+    let result = start(&shared, &kvm, &slots, &mut opener, &groups, &faults, memfd);
     match result {
         Err(e) => outcome.error = Some(e),
         Ok((ioas, devices, dma)) => {
@@ -420,6 +420,7 @@ fn start(
     opener: &mut FaultyOpener,
     groups: &Arc<Mutex<Vec<Arc<FakeInterruptGroup>>>>,
     faults: &Arc<Faults>,
+    memfd: Option<BorrowedFd<'_>>,
 ) -> Result<Started, String> {
     for (_, bdf) in DEVICES {
         let mut fd = shared.lock().unwrap();
@@ -454,12 +455,21 @@ fn start(
         GuestRam {
             gpa: 0,
             size: 0x8_0000,
-            source: MapSource::UserVa(HostVirtAddr(0x7000_0000)),
+            source: match memfd {
+                Some(fd) => MapSource::File { fd, offset: 0 },
+                None => MapSource::UserVa(HostVirtAddr(0x7000_0000)),
+            },
         },
         GuestRam {
             gpa: 0x10_0000,
             size: 0x10_0000,
-            source: MapSource::UserVa(HostVirtAddr(0x7010_0000)),
+            source: match memfd {
+                Some(fd) => MapSource::File {
+                    fd,
+                    offset: 0x8_0000,
+                },
+                None => MapSource::UserVa(HostVirtAddr(0x7010_0000)),
+            },
         },
     ];
     let dma = GuestRamDma::map(
@@ -517,7 +527,25 @@ fn guest_runs(devices: &[PassthroughDevice]) {
 
 #[test]
 fn every_nth_boundary_call_failing_gives_one_error_and_leaves_nothing() {
-    let (clean, calls) = run(0);
+    // Guest RAM by address (IOMMU_IOAS_MAP), then from a memfd (IOMMU_IOAS_MAP_FILE).
+    let memfd = memfd();
+    for backing in [None, Some(memfd.as_fd())] {
+        sweep(backing);
+    }
+}
+
+fn memfd() -> std::fs::File {
+    // SAFETY: memfd_create with a valid C string; the fd is owned by the File.
+    let fd = unsafe { libc::memfd_create(c"fail-nth-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+    // SAFETY: fd was just created and nothing else owns it.
+    let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.set_len(0x20_0000).unwrap();
+    f
+}
+
+fn sweep(memfd: Option<BorrowedFd<'_>>) {
+    let (clean, calls) = run(0, memfd);
     assert!(clean.error.is_none(), "clean run failed: {:?}", clean.error);
     assert!(
         clean.leaks.is_empty(),
@@ -528,7 +556,7 @@ fn every_nth_boundary_call_failing_gives_one_error_and_leaves_nothing() {
     assert!(total > 40, "only {total} calls: {calls:?}");
     let (mut errors, mut left_to_close, mut leaky) = (0, 0, Vec::new());
     for n in 1..=total {
-        let (o, _) = run(n);
+        let (o, _) = run(n, memfd);
         let what = calls[n as usize - 1];
         if let Some(e) = &o.error {
             errors += 1;
@@ -556,9 +584,10 @@ fn every_nth_boundary_call_failing_gives_one_error_and_leaves_nothing() {
         }
     }
     eprintln!(
-        "fail-nth: {total} boundary calls in a clean run; {total} paths tried: {errors} ended \
+        "fail-nth ({}): {total} boundary calls in a clean run; {total} paths tried: {errors} ended \
          in one start-up error, {left_to_close} failed releases left their object to the \
          closing fd, {} leaked",
+        if memfd.is_some() { "memfd RAM" } else { "anonymous RAM" },
         leaky.len()
     );
     assert!(errors > 20, "{errors}");
