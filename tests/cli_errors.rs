@@ -65,6 +65,7 @@ fn help_explains_usage() {
         "--log-level",
         "--api-socket",
         "vmm-remote",
+        "--seccomp",
         "Exit status",
     ] {
         assert!(text.contains(s), "--help lacks {s}:\n{text}");
@@ -86,6 +87,9 @@ fn usage_errors_exit_2() {
         &vmm(&["--kernel", "k", "--serial", "tty"]),
         "invalid --serial",
     );
+    let out = vmm(&["--kernel", "k", "--seccomp", "maybe"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--seccomp"));
 }
 
 #[test]

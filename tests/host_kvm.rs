@@ -338,3 +338,123 @@ fn guest_sees_hotplug_root_ports_and_their_command_completed_msi() {
     );
     assert_eq!(out.status.code(), Some(7), "{ctx}");
 }
+
+/// Starts the tiny guest with a virtio-rng and `hold=1` (it stays running) and waits for its
+/// `holding` line; the caller stops it.
+fn start_held(extra: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(VMM)
+        .args([
+            "--kernel",
+            TINY_GUEST_ELF64,
+            "--memory",
+            "64M",
+            "--vcpus",
+            "2",
+        ])
+        .args(["--rng", "--cmdline", "exit=3 hold=1"])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run the vmm binary");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("tiny-guest: holding") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let _ = rx.recv_timeout(std::time::Duration::from_secs(20));
+    child
+}
+
+/// (thread name, Seccomp mode) of every thread of `pid`.
+fn seccomp_of_threads(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(status) = std::fs::read_to_string(task.unwrap().path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((field("Name:"), field("Seccomp:")));
+    }
+    out
+}
+
+fn stop(mut child: std::process::Child) -> Output {
+    // SAFETY: kill has no memory-safety preconditions; the child has not been reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.stdout.take();
+    child.wait_with_output().unwrap()
+}
+
+/// Every thread of a running VM (main, vCPUs, the virtio-rng worker) runs under a seccomp
+/// filter (mode 2), and none with --seccomp off.
+#[test]
+fn every_thread_runs_under_its_seccomp_filter() {
+    require_kvm!();
+    for (mode, expected) in [("on", "2"), ("log", "2"), ("off", "0")] {
+        let child = start_held(&["--seccomp", mode], &[]);
+        let threads = seccomp_of_threads(child.id());
+        let out = stop(child);
+        let ctx = format!(
+            "--seccomp {mode}: {threads:?}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for name in ["vmm", "vcpu0", "vcpu1", "virtio-rng"] {
+            assert!(
+                threads.iter().any(|(n, _)| n == name),
+                "no thread {name}: {ctx}"
+            );
+        }
+        assert!(threads.iter().all(|(_, s)| s == expected), "{ctx}");
+        assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{ctx}");
+    }
+}
+
+/// A thread that makes a syscall its filter forbids ends the VMM with status 159 and one
+/// line naming the thread, its filter and the syscall (the trigger is compiled only into
+/// the test build of the binary).
+#[test]
+fn a_forbidden_syscall_ends_the_vmm_with_one_line_and_status_159() {
+    require_kvm!();
+    for (filter, thread) in [
+        ("vmm", "main"),
+        ("vcpu", "vcpu"),
+        ("device_worker", "virtio-rng"),
+    ] {
+        let child = start_held(
+            &["--seccomp", "on"],
+            &[("VMM_SECCOMP_TEST_TRIGGER", filter)],
+        );
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(159), "{filter}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("seccomp"))
+            .unwrap_or_else(|| panic!("{filter}: no seccomp line: {stderr}"));
+        assert!(
+            line.starts_with(&format!("vmm: error: seccomp: thread {thread}")),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!(
+                "(filter {filter}) made syscall {},",
+                libc::SYS_getppid
+            )),
+            "{line}"
+        );
+    }
+}

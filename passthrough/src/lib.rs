@@ -71,7 +71,7 @@ pub use memory_map::{
     guard_ram, plan, Coverage, MemoryMap, MemoryMapError, MemoryMapRequest, RamRegion,
 };
 pub use reserved_regions::{ReservedKind, ReservedRegion, Sysfs};
-pub use vfio_cdev::{locate, probe_ranges, PciPassthroughDevice, VfioCdevError};
+pub use vfio_cdev::{locate, probe_iova_ranges, probe_ranges, PciPassthroughDevice, VfioCdevError};
 
 pub use iommufd::{
     DevId, DeviceHandle, HwInfo, HwInfoType, HwptFlags, HwptId, IoasId, Iommufd, IommufdError,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::iommufd::{DeviceHandle, Iommufd, IommufdError};
+use crate::iova::IovaRange;
 use crate::memory_map::DeviceRanges;
 use crate::reserved_regions::{ReservedRegionsError, Sysfs};
 
@@ -114,10 +115,6 @@ pub fn probe_ranges(
     dev: &PciPassthroughDevice,
 ) -> Result<DeviceRanges, VfioCdevError> {
     let bdf = dev.bdf.clone();
-    let err = |source| VfioCdevError::Iommufd {
-        bdf: bdf.clone(),
-        source,
-    };
     let reserved = sysfs.pci_reserved_regions(&dev.bdf)?;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -128,11 +125,33 @@ pub fn probe_ranges(
             bdf: bdf.clone(),
             source,
         })?;
+    Ok(DeviceRanges {
+        name: Arc::from(dev.bdf.as_str()),
+        iova_ranges: Some(probe_iova_ranges(
+            iommufd,
+            &bdf,
+            DeviceHandle::VfioCdev(file.into()),
+        )?),
+        reserved,
+    })
+}
+
+/// The IOVA ranges of a fresh IOAS with `device` bound and attached. The device is
+/// detached and unbound, and the IOAS destroyed, before returning, whether or not a step
+/// failed. (The part of [`probe_ranges`] that talks to the iommufd; the model backend's
+/// fault-injection tests drive it with a model device.)
+pub fn probe_iova_ranges(
+    iommufd: &mut dyn Iommufd,
+    bdf: &str,
+    device: DeviceHandle,
+) -> Result<Vec<IovaRange>, VfioCdevError> {
+    let err = |source| VfioCdevError::Iommufd {
+        bdf: bdf.to_string(),
+        source,
+    };
     let ioas = iommufd.alloc_ioas().map_err(err)?;
     let result = (|| {
-        let devid = iommufd
-            .bind_device(DeviceHandle::VfioCdev(file.into()))
-            .map_err(err)?;
+        let devid = iommufd.bind_device(device).map_err(err)?;
         let ranges = iommufd
             .attach_device(devid, ioas.into())
             .and_then(|_| iommufd.iova_ranges(ioas));
@@ -141,11 +160,7 @@ pub fn probe_ranges(
         ranges.map_err(err)
     })();
     let _ = iommufd.destroy(ioas.into());
-    Ok(DeviceRanges {
-        name: Arc::from(dev.bdf.as_str()),
-        iova_ranges: Some(result?.ranges),
-        reserved,
-    })
+    Ok(result?.ranges)
 }
 
 #[cfg(test)]

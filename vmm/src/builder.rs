@@ -77,6 +77,9 @@ pub enum BuilderError {
     /// The API socket or thread.
     #[error(transparent)]
     Api(#[from] api::ApiServerError),
+    /// Seccomp filter setup.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// Device setup.
     #[error("cannot set up devices: {0}")]
     Device(String),
@@ -213,6 +216,9 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         .as_deref()
         .map(api::ApiServer::bind)
         .transpose()?;
+    devices::virtio::worker::set_start_hook(|| {
+        crate::seccomp::install(&crate::seccomp::filters::DEVICE_WORKER).map_err(|e| e.to_string())
+    });
 
     let vm = Vm::new()?;
     config.validate(&host_limits(&vm, config.hugepages))?;
@@ -330,6 +336,12 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
             }
             None => None,
         };
+        // After the vCPU and API threads started, before the event loop. The API thread
+        // and hotplug on this thread have no filter entries yet: with --api-socket the
+        // main thread's filter is not installed (see crate::seccomp).
+        if api_events.is_none() {
+            crate::seccomp::install(&crate::seccomp::filters::VMM)?;
+        }
         event_loop(exit.clone(), signals, dump, threads, api_events)
     });
 

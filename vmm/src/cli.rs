@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{ConfigError, MemoryBackend, SerialConfig, Size, VmConfig};
+use crate::seccomp::SeccompMode;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -101,6 +102,12 @@ pub struct Cli {
     /// file is replaced unless another VMM holds PATH.lock.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+
+    /// Seccomp filters per thread: on (a forbidden syscall ends the VMM with status 159 and
+    /// one line naming the thread and syscall), log (the kernel logs it and lets it run), off
+    /// (the default until the filters cover the API thread, hotplug and the vSMMU).
+    #[arg(long, value_enum, value_name = "on|off|log", default_value_t = SeccompMode::Off)]
+    pub seccomp: SeccompMode,
 
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = parse_level)]

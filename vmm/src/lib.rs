@@ -21,6 +21,7 @@ pub mod logger;
 pub mod machine;
 pub mod memory_plan;
 pub mod pci;
+pub mod seccomp;
 pub mod signals;
 pub mod vfio;
 pub mod vsmmu;

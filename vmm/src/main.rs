@@ -22,6 +22,10 @@ fn main() {
         }
         return;
     }
+    if let Err(e) = vmm::seccomp::init(cli.seccomp) {
+        eprintln!("vmm: error: {e}");
+        std::process::exit(2);
+    }
     let status = match cli
         .into_config()
         .map_err(BuilderError::from)

@@ -14,6 +14,7 @@
 //! What this module does not do: it has no timers and no rate limiting.
 
 use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -46,6 +47,15 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Run first on every worker thread, before it touches a queue; an error stops that device.
+static START_HOOK: OnceLock<fn() -> Result<(), String>> = OnceLock::new();
+
+/// Sets the function every worker thread runs first (the VMM installs the thread's seccomp
+/// filter there). Only the first call takes effect.
+pub fn set_start_hook(hook: fn() -> Result<(), String>) {
+    let _ = START_HOOK.set(hook);
 }
 
 /// What a device does when one of its queues is notified.
@@ -92,6 +102,10 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(device.to_string())
             .spawn(move || {
+                if let Some(Err(e)) = START_HOOK.get().map(|hook| hook()) {
+                    log::error!("{device}: {e}; the device stops");
+                    return;
+                }
                 run(device, &epoll, &thread_kill, &queue_events, &mut handler);
             })
             .map_err(|source| WorkerError::Spawn { device, source })?;

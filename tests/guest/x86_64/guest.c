@@ -1111,6 +1111,11 @@ __attribute__((noreturn)) void guest_main(u32 magic, u32 info_addr)
     }
 
     kprintf("tiny-guest: exit code=%u\n", (u64)code);
+    /* "hold=1": stay running (halted) so a test can inspect the VMM's threads. */
+    if (parse_u32_param(boot.cmdline, "hold", 0)) {
+        kprintf("tiny-guest: holding\n");
+        halt_forever();
+    }
     outl(EXIT_PORT, code);
     halt_forever();
 }

@@ -124,7 +124,14 @@ impl Vcpu {
         let id = self.id;
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run_loop())
+            .spawn(move || {
+                // Before the first KVM_RUN: everything after it is guest-driven.
+                if let Err(e) = crate::seccomp::install(&crate::seccomp::filters::VCPU) {
+                    fail(id, &self.exit, format_args!("{e}"));
+                    return;
+                }
+                self.run_loop()
+            })
             .map_err(|e| VcpuError::Spawn(id, e))?;
         Ok(VcpuHandle { thread })
     }
