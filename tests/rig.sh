@@ -3,7 +3,8 @@
 # resources/rig/README.md), the static VMM for each arch, and runs each scenario in each rig.
 #
 #   tests/rig.sh [ARCH...]      default: x86_64 aarch64 (or $RIG_ARCHES)
-#   RIG_SCENARIOS="iommufd l2-boot virtio passthrough"  which scenarios (tests/rig/NAME.sh) to run
+#   RIG_SCENARIOS="iommufd l2-boot virtio passthrough nested hotplug"  which scenarios
+#                 (tests/rig/NAME.sh) to run
 #   RIG_RETRY=1   run a failed scenario once more (local use only; off by default, and a
 #                 pass on the second attempt is still reported as FLAKY)
 #   RIG_L2_VMM=qemu  boot L2 with Debian's QEMU (KVM in L1) instead of our VMM, in the
@@ -55,7 +56,7 @@ for arch in $ARCHES; do
     l2_initrd="$WORK/l2-$arch.cpio.gz"
     bash "$RIG/build-initramfs.sh" "$arch" "$l2_initrd" --scenario "$ROOT/tests/rig/l2-guest.sh" >/dev/null
     qemu_bundle=
-    for scenario in ${RIG_SCENARIOS:-iommufd l2-boot virtio passthrough}; do
+    for scenario in ${RIG_SCENARIOS:-iommufd l2-boot virtio passthrough nested hotplug}; do
         # QEMU in L1: for the differential runs and for the compare scenario, which runs both.
         EXTRA=()
         if [ "${RIG_L2_VMM:-vmm}" = qemu ] || [ "$scenario" = compare ]; then
