@@ -527,16 +527,7 @@ impl DeviceHotplug for PciHotplug {
     }
 
     fn devices(&self) -> Vec<DeviceInfo> {
-        lock(&self.passthrough)
-            .devices()
-            .iter()
-            .map(|d| DeviceInfo {
-                id: d.id.clone(),
-                bdf: d.guest_bdf.to_string(),
-                path: d.path.clone(),
-                iommu: d.iommu,
-            })
-            .collect()
+        lock(&self.passthrough).device_infos()
     }
 }
 

@@ -24,7 +24,7 @@ use devices::{Block, Bus, Rng};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_memory::GuestMemoryMmap;
 
-use crate::device_hotplug::{DeviceHotplug, DeviceInfo, NoHotplug};
+use crate::device_hotplug::{DeviceHotplug, NoHotplug};
 use crate::hotplug::{HotplugTimeouts, PciHotplug};
 use crate::interrupts::InterruptManager;
 use crate::vfio::{
@@ -151,19 +151,7 @@ impl PciSegment {
             (pt, _) => Box::new(NoHotplug {
                 cold_plugged: pt
                     .as_ref()
-                    .map(|p| {
-                        p.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .devices()
-                            .iter()
-                            .map(|d| DeviceInfo {
-                                id: d.id.clone(),
-                                bdf: d.guest_bdf.to_string(),
-                                path: d.path.clone(),
-                                iommu: d.iommu,
-                            })
-                            .collect()
-                    })
+                    .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).device_infos())
                     .unwrap_or_default(),
             }),
         }

@@ -576,6 +576,19 @@ impl Passthrough {
         &self.devices
     }
 
+    /// The devices as the API lists them.
+    pub fn device_infos(&self) -> Vec<crate::device_hotplug::DeviceInfo> {
+        self.devices
+            .iter()
+            .map(|d| crate::device_hotplug::DeviceInfo {
+                id: d.id.clone(),
+                bdf: d.guest_bdf.to_string(),
+                path: d.path.clone(),
+                iommu: d.iommu,
+            })
+            .collect()
+    }
+
     /// Number of passed-through devices.
     pub fn len(&self) -> usize {
         self.devices.len()
