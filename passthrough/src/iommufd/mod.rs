@@ -69,23 +69,17 @@ id_type!(
     VeventqId
 );
 
-impl From<ViommuId> for ObjectId {
-    fn from(id: ViommuId) -> ObjectId {
-        ObjectId(id.0)
-    }
+/// Every typed id is also an [`ObjectId`] (for `IOMMU_DESTROY` and `pt_id` fields).
+macro_rules! object_ids {
+    ($($name:ident),*) => {
+        $(impl From<$name> for ObjectId {
+            fn from(id: $name) -> ObjectId {
+                ObjectId(id.0)
+            }
+        })*
+    };
 }
-
-impl From<VdeviceId> for ObjectId {
-    fn from(id: VdeviceId) -> ObjectId {
-        ObjectId(id.0)
-    }
-}
-
-impl From<VeventqId> for ObjectId {
-    fn from(id: VeventqId) -> ObjectId {
-        ObjectId(id.0)
-    }
-}
+object_ids!(IoasId, HwptId, DevId, ViommuId, VdeviceId, VeventqId);
 
 /// One guest STE as `IOMMU_HWPT_DATA_ARM_SMMUV3` carries it (`struct
 /// iommu_hwpt_arm_smmuv3`): the STE's first two 64-bit words, CPU order.
@@ -104,24 +98,6 @@ pub struct VEvent {
     pub lost: bool,
     /// `struct iommu_vevent_arm_smmuv3`: the event with the StreamID already the vSID.
     pub event: [u64; 4],
-}
-
-impl From<IoasId> for ObjectId {
-    fn from(id: IoasId) -> ObjectId {
-        ObjectId(id.0)
-    }
-}
-
-impl From<HwptId> for ObjectId {
-    fn from(id: HwptId) -> ObjectId {
-        ObjectId(id.0)
-    }
-}
-
-impl From<DevId> for ObjectId {
-    fn from(id: DevId) -> ObjectId {
-        ObjectId(id.0)
-    }
 }
 
 /// DMA permissions of a mapping (`enum iommufd_ioas_map_flags`, less `FIXED_IOVA`).
