@@ -30,14 +30,6 @@ NET=$(find_pci 1af4 1041)
 [ -n "$BLK" ] && [ -n "$NET" ] || fail "virtio-blk or virtio-net not found"
 
 disk_of() { echo "/dev/$(ls /sys/bus/pci/devices/$1/virtio*/block/ 2>/dev/null | head -1)"; }
-# to_virtio BDF : give the function back to L1's virtio driver.
-to_virtio() {
-    d=/sys/bus/pci/devices/$1
-    echo "" >"$d/driver_override"
-    [ -e "$d/driver" ] && echo "$1" >"$d/driver/unbind"
-    echo "$1" >/sys/bus/pci/drivers_probe
-    sleep 1
-}
 DISK=$(disk_of "$BLK")
 [ -b "$DISK" ] || fail "no block device for $BLK"
 printf '%s\n' "$OLD_SIG" | dd of="$DISK" bs=512 count=1 conv=sync 2>/dev/null || fail "write $DISK"
@@ -96,9 +88,8 @@ wait_log 120 "^L2-HP blk (gone|never)"
 grep -q "^L2-HP blk gone" /tmp/l2.log || fail "the disk stayed in L2 after remove-device"
 
 # L1 takes the disk back and reads what L2 wrote, then lends it again.
-to_virtio "$BLK"
-DISK=$(disk_of "$BLK")
-GOT=$(dd if="$DISK" bs=512 count=1 2>/dev/null | head -n 1 | tr -d '\0')
+unbind_vfio "$BLK"
+GOT=$(disk_sig "$BLK") || fail "the disk did not come back to L1's virtio-blk"
 [ "$GOT" = "$NEW_SIG" ] || fail "L1 reads '$GOT' after the removal, not L2's '$NEW_SIG'"
 echo "hotplug: L1 reads L2's signature after remove-device"
 bind_vfio "$BLK"
@@ -137,8 +128,8 @@ n=300
 while [ ! -f /tmp/l2.status ] && [ "$n" -gt 0 ]; do sleep 0.2; n=$((n - 1)); done
 STATUS=$(cat /tmp/l2.status 2>/dev/null)
 [ "$STATUS" = 0 ] || fail "the VMM exited with status '${STATUS:-none}'"
-to_virtio "$BLK"
-GOT=$(dd if="$(disk_of "$BLK")" bs=512 count=1 2>/dev/null | head -n 1 | tr -d '\0')
+unbind_vfio "$BLK"
+GOT=$(disk_sig "$BLK") || fail "the disk did not come back to L1's virtio-blk"
 [ "$GOT" = "$NEW_SIG-final" ] || fail "L1 reads '$GOT' at the end, not '$NEW_SIG-final'"
 med() { echo "$@" | tr ' ' '\n' | grep . | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 echo "hotplug: latency (vmm-remote call to answer): disk add $ADD_MS ms, remove $REMOVE_MS ms; nic add median $(med $ADDS) ms, remove median $(med $REMOVES) ms over $CYCLES cycles"

@@ -31,6 +31,25 @@ bind_vfio() {
     [ "$drv" = vfio-pci ] || fail "$1 bound to '$drv', not vfio-pci"
 }
 
+# unbind_vfio BDF : give the function back to L1's own driver (virtio-pci).
+unbind_vfio() {
+    d=/sys/bus/pci/devices/$1
+    echo "" >"$d/driver_override"
+    if [ -e "$d/driver" ]; then
+        echo "$1" >"$d/driver/unbind"
+    fi
+    echo "$1" >/sys/bus/pci/drivers_probe
+    sleep 1
+}
+
+# disk_sig BDF : the first line of the first sector of the virtio-blk function's disk in L1;
+# status 1 (and no output) when L1 has no block device for it.
+disk_sig() {
+    disk=/dev/$(ls /sys/bus/pci/devices/$1/virtio*/block/ 2>/dev/null | head -1)
+    [ -b "$disk" ] || return 1
+    dd if="$disk" bs=512 count=1 2>/dev/null | head -n 1 | tr -d '\0'
+}
+
 # msi_window : "FIRST LAST" (hex) of the first msi reserved region of any IOMMU group.
 msi_window() {
     cat /sys/kernel/iommu_groups/*/reserved_regions 2>/dev/null | awk '$3 == "msi" {print $1, $2; exit}'

@@ -72,13 +72,8 @@ FORWARDED=$(echo "$STATS" | sed -n 's/.* \([0-9]*\) invalidations forwarded.*/\1
 [ "${INSTALLS:-0}" -gt 0 ] || fail "no nested STE installs counted"
 [ "${FORWARDED:-0}" -gt 0 ] || fail "no invalidations forwarded"
 
-echo "" >"$D/driver_override"
-echo "$BLK" >"$D/driver/unbind"
-echo "$BLK" >/sys/bus/pci/drivers_probe
-sleep 1
-DISK=/dev/$(ls $D/virtio*/block/ 2>/dev/null | head -1)
-[ -b "$DISK" ] || fail "the disk did not come back to L1's virtio-blk"
-GOT=$(dd if="$DISK" bs=512 count=1 2>/dev/null | head -n 1 | tr -d '\0')
+unbind_vfio "$BLK"
+GOT=$(disk_sig "$BLK") || fail "the disk did not come back to L1's virtio-blk"
 [ "$GOT" = "$NEW_SIG" ] || fail "L1 reads '$GOT' on the disk after L2, not '$NEW_SIG'"
 echo "nested: L1 reads L2's signature '$GOT'; blk irqs $BLK_IRQS, net irqs $NET_IRQS, $INSTALLS STE installs, $FORWARDED invalidations"
 echo "RIG-RESULT: PASS"

@@ -40,14 +40,8 @@ BLK_IRQS=$(get blk_irqs)
 sed -n 's/^L2-REPORT irq=/passthrough: L2 \/proc\/interrupts: /p' /tmp/l2.log
 
 # Take the disk back in L1 and read what L2 wrote.
-D=/sys/bus/pci/devices/$BLK
-echo "" > "$D/driver_override"
-echo "$BLK" > "$D/driver/unbind"
-echo "$BLK" > /sys/bus/pci/drivers_probe
-sleep 1
-DISK=/dev/$(ls $D/virtio*/block/ 2>/dev/null | head -1)
-[ -b "$DISK" ] || fail "the disk did not come back to L1's virtio-blk"
-GOT=$(dd if="$DISK" bs=512 count=1 2>/dev/null | head -n 1 | tr -d '\0')
+unbind_vfio "$BLK"
+GOT=$(disk_sig "$BLK") || fail "the disk did not come back to L1's virtio-blk"
 [ "$GOT" = "$NEW_SIG" ] || fail "L1 reads '$GOT' on the disk after L2, not '$NEW_SIG'"
 echo "passthrough: L1 reads L2's signature '$GOT'; net irqs $NET_IRQS, blk irqs $BLK_IRQS"
 echo "RIG-RESULT: PASS"
