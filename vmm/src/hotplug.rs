@@ -179,10 +179,13 @@ impl PciHotplug {
     /// One line of what the VM holds for passthrough now; the rig's hotplug scenario
     /// compares it across add/remove cycles.
     fn usage(&self) -> String {
-        let (memslots, allowed) = lock(&self.passthrough).usage();
+        let (devices, (memslots, allowed)) = {
+            let p = lock(&self.passthrough);
+            (p.len(), p.usage())
+        };
         format!(
             "in use: {} devices, {} MSI GSIs, {} KVM routes, {} BAR memslots, {} allowed IOVA ranges",
-            lock(&self.passthrough).len(),
+            devices,
             self.irq.gsis_in_use(),
             self.irq.routes().len(),
             memslots.map_or_else(|| "?".to_string(), |n| n.to_string()),
