@@ -1,6 +1,12 @@
 #!/bin/sh
 # Runs as /scenario.sh inside the L2 guest (our VMM's guest): reports what the guest sees,
 # one "L2-REPORT key=value" line each, then ends the VM the way the arch does it.
+# The kernel writes to the same console as we do, and a printk in the middle of one of our
+# lines splits it (a CI run lost "L2-HP blk back sig=..." to a pcieport line that way). From here
+# on only warnings and worse reach the console (panics still do); the rest stays in dmesg,
+# which the failure paths below print.
+echo 5 >/proc/sys/kernel/printk
+dmesg_tail() { dmesg | tail -n "${1:-30}" | sed 's/^/L2-DMESG: /'; }
 echo "L2-REPORT arch=$(uname -m)"
 echo "L2-REPORT nproc=$(nproc)"
 echo "L2-REPORT memtotal_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
@@ -72,18 +78,20 @@ if [ -n "$HP_SIG" ]; then
         echo "L2-HP blk sig=$(sig) write=$(put_sig "$HP_SIG")"
     else
         echo "L2-HP blk never appeared"
+        dmesg_tail
     fi
-    until_ 120 no_disk && echo "L2-HP blk gone" || echo "L2-HP blk never went"
-    until_ 120 has_disk && echo "L2-HP blk back sig=$(sig)" || echo "L2-HP blk never came back"
+    until_ 120 no_disk && echo "L2-HP blk gone" || { echo "L2-HP blk never went"; dmesg_tail; }
+    until_ 120 has_disk && echo "L2-HP blk back sig=$(sig)" || { echo "L2-HP blk never came back"; dmesg_tail; }
     i=1
     while [ "$i" -le "${CYCLES:-0}" ]; do
         if until_ 120 has_pci 1041 && until_ 30 has_netif; then
             echo "L2-HP net up $i if=$(ls /sys/class/net | grep -v '^lo$' | head -1)"
         else
             echo "L2-HP net never came up $i"
+            dmesg_tail
             break
         fi
-        until_ 120 no_pci 1041 && echo "L2-HP net down $i" || { echo "L2-HP net never went $i"; break; }
+        until_ 120 no_pci 1041 && echo "L2-HP net down $i" || { echo "L2-HP net never went $i"; dmesg_tail; break; }
         i=$((i + 1))
     done
     echo "L2-HP blk final write=$(put_sig "$HP_SIG-final") sig=$(sig)"
