@@ -399,20 +399,32 @@ fn stop(mut child: std::process::Child) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// Every thread of a running VM (main, vCPUs, the virtio-rng worker) runs under a seccomp
-/// filter (mode 2), and none with --seccomp off.
+/// A fresh API socket path for one VMM of a test (the directory is left for the OS).
+fn api_socket(tag: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("vmm-seccomp-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("api.sock").to_string_lossy().into_owned()
+}
+
+/// Every thread of a running VM (main, vCPUs, the virtio-rng worker, the API thread) runs
+/// under a seccomp filter (mode 2), and none with --seccomp off; on is the default.
 #[test]
 fn every_thread_runs_under_its_seccomp_filter() {
     require_kvm!();
-    for (mode, expected) in [("on", "2"), ("log", "2"), ("off", "0")] {
-        let child = start_held(&["--seccomp", mode], &[]);
+    for (mode, expected) in [("on", "2"), ("log", "2"), ("off", "0"), ("default", "2")] {
+        let sock = api_socket(mode);
+        let mut args = vec!["--api-socket", sock.as_str()];
+        if mode != "default" {
+            args.extend(["--seccomp", mode]);
+        }
+        let child = start_held(&args, &[]);
         let threads = seccomp_of_threads(child.id());
         let out = stop(child);
         let ctx = format!(
             "--seccomp {mode}: {threads:?}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        for name in ["vmm", "vcpu0", "vcpu1", "virtio-rng"] {
+        for name in ["vmm", "vcpu0", "vcpu1", "virtio-rng", "vmm_api"] {
             assert!(
                 threads.iter().any(|(n, _)| n == name),
                 "no thread {name}: {ctx}"
@@ -433,9 +445,11 @@ fn a_forbidden_syscall_ends_the_vmm_with_one_line_and_status_159() {
         ("vmm", "main"),
         ("vcpu", "vcpu"),
         ("device_worker", "virtio-rng"),
+        ("api", "vmm_api"),
     ] {
+        let sock = api_socket(filter);
         let child = start_held(
-            &["--seccomp", "on"],
+            &["--seccomp", "on", "--api-socket", &sock],
             &[("VMM_SECCOMP_TEST_TRIGGER", filter)],
         );
         let out = child.wait_with_output().unwrap();

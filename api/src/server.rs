@@ -61,6 +61,9 @@ pub enum ApiServerError {
     /// The thread or its eventfd could not be created.
     #[error("cannot start the API thread: {0}")]
     Thread(std::io::Error),
+    /// The thread's start hook (its seccomp filter) failed; the thread did not serve.
+    #[error("cannot start the API thread: {0}")]
+    Start(String),
 }
 
 /// A bound API socket, not yet served.
@@ -147,16 +150,45 @@ impl ApiServer {
         self,
         handler: H,
     ) -> Result<ApiThread, ApiServerError> {
+        self.spawn_with(handler, || Ok(()))
+    }
+
+    /// Like [`ApiServer::spawn`], with `on_start` run first on the new thread (the VMM
+    /// installs the thread's seccomp filter there, before any request is read). If it
+    /// fails, the thread ends without serving and its error is returned here.
+    pub fn spawn_with<H, S>(self, handler: H, on_start: S) -> Result<ApiThread, ApiServerError>
+    where
+        H: RequestHandler + Send + 'static,
+        S: FnOnce() -> Result<(), String> + Send + 'static,
+    {
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ApiServerError::Thread)?;
         let stop_thread = stop.try_clone().map_err(ApiServerError::Thread)?;
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("vmm_api".into())
             .spawn(move || {
-                let mut handler = handler;
-                self.run(&mut handler, &stop_thread)
+                let started = on_start();
+                let ok = started.is_ok();
+                let _ = started_tx.send(started);
+                if ok {
+                    let mut handler = handler;
+                    self.run(&mut handler, &stop_thread)
+                }
             })
             .map_err(ApiServerError::Thread)?;
-        Ok(ApiThread { stop, thread })
+        match started_rx.recv() {
+            Ok(Ok(())) => Ok(ApiThread { stop, thread }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(ApiServerError::Start(e))
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(ApiServerError::Start(
+                    "the API thread ended before it started serving".into(),
+                ))
+            }
+        }
     }
 
     /// Serves until `stop` becomes readable.

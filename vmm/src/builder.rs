@@ -331,17 +331,17 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
                     config,
                     &memory_map,
                 );
-                api_thread = Some(server.spawn(link)?);
+                api_thread = Some(server.spawn_with(link, || {
+                    crate::seccomp::install(&crate::seccomp::filters::API)
+                        .map_err(|e| e.to_string())
+                })?);
                 Some(ApiEvents::new(inbox, control))
             }
             None => None,
         };
-        // After the vCPU and API threads started, before the event loop. The API thread
-        // and hotplug on this thread have no filter entries yet: with --api-socket the
-        // main thread's filter is not installed (see crate::seccomp).
-        if api_events.is_none() {
-            crate::seccomp::install(&crate::seccomp::filters::VMM)?;
-        }
+        // After the vCPU and API threads started, before the event loop: from here on this
+        // thread serves API requests, hotplug included, under its filter.
+        crate::seccomp::install(&crate::seccomp::filters::VMM)?;
         event_loop(exit.clone(), signals, dump, threads, api_events)
     });
 

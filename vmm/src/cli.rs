@@ -103,10 +103,11 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
 
-    /// Seccomp filters per thread: on (a forbidden syscall ends the VMM with status 159 and
-    /// one line naming the thread and syscall), log (the kernel logs it and lets it run), off
-    /// (the default until the filters cover the API thread, hotplug and the vSMMU).
-    #[arg(long, value_enum, value_name = "on|off|log", default_value_t = SeccompMode::Off)]
+    /// Seccomp filters per thread kind (main, vCPU, device worker, API, vSMMU events): on
+    /// (a forbidden syscall ends the VMM with status 159 and one line naming the thread, the
+    /// syscall and an ioctl's request), log (the kernel logs it, if it has audit, and lets
+    /// it run), off.
+    #[arg(long, value_enum, value_name = "on|off|log", default_value_t = SeccompMode::On)]
     pub seccomp: SeccompMode,
 
     /// Log level on stderr: error, warn, info, debug or trace.

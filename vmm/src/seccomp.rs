@@ -215,30 +215,84 @@ fn push_decimal(buf: &mut [u8], mut len: usize, n: i64) -> usize {
     len
 }
 
-/// The whole SIGSYS line for syscall `nr` after the per-thread `prefix`.
-fn trap_line(prefix: &[u8], nr: i64, out: &mut [u8]) -> usize {
+/// Appends `0x` and the hexadecimal `n` to `buf` at `len`; returns the new length.
+fn push_hex(buf: &mut [u8], mut len: usize, n: u64) -> usize {
+    for &b in b"0x" {
+        if len < buf.len() {
+            buf[len] = b;
+            len += 1;
+        }
+    }
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        if len < buf.len() {
+            buf[len] = b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize];
+            len += 1;
+        }
+    }
+    len
+}
+
+/// Appends `text` to `buf` at `len` as far as it fits; returns the new length.
+fn push_bytes(buf: &mut [u8], len: usize, text: &[u8]) -> usize {
+    let n = text.len().min(buf.len() - len);
+    buf[len..len + n].copy_from_slice(&text[..n]);
+    len + n
+}
+
+/// The whole SIGSYS line for syscall `nr` (with the request number when it is an ioctl)
+/// after the per-thread `prefix`.
+fn trap_line(prefix: &[u8], nr: i64, ioctl_request: Option<u64>, out: &mut [u8]) -> usize {
     let mut len = prefix.len().min(out.len());
     out[..len].copy_from_slice(&prefix[..len]);
     len = push_decimal(out, len, nr);
+    if let Some(request) = ioctl_request {
+        len = push_bytes(out, len, b" (ioctl, request ");
+        len = push_hex(out, len, request);
+        len = push_bytes(out, len, b")");
+    }
     let tail = TRAP_TAIL.len().min(out.len() - len);
     out[len..len + tail].copy_from_slice(&TRAP_TAIL[..tail]);
     len + tail
 }
 
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+/// The second argument of the trapped syscall (an ioctl's request number), read from the
+/// registers the kernel saved in the signal frame.
+///
+/// # Safety
+/// `ctx` must be the `ucontext_t` the kernel passed to an SA_SIGINFO handler.
+unsafe fn second_arg(ctx: *const libc::ucontext_t) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's contract; gregs holds the saved general registers, RSI the 2nd.
+    return Some(unsafe { (*ctx).uc_mcontext.gregs[libc::REG_RSI as usize] } as u64);
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: the caller's contract; regs[1] is x1, the 2nd syscall argument.
+    return Some(unsafe { (*ctx).uc_mcontext.regs[1] });
+    #[allow(unreachable_code)]
+    None
+}
+
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t for an SA_SIGINFO handler; for SIGSYS its
     // union holds the sigsys fields laid out as SigsysInfo.
     let nr = unsafe { (*info.cast::<SigsysInfo>()).syscall };
+    // SAFETY: the third argument of an SA_SIGINFO handler is the kernel's ucontext_t.
+    let request = if i64::from(nr) == libc::SYS_ioctl {
+        unsafe { second_arg(ctx.cast()) }
+    } else {
+        None
+    };
     let (prefix, n) = TRAP_LINE.with(|l| l.get());
     let mut out = [0u8; LINE_CAP + 160];
     let len = if n == 0 {
         trap_line(
             b"vmm: error: seccomp: a thread made syscall ",
             nr.into(),
+            request,
             &mut out,
         )
     } else {
-        trap_line(&prefix[..n], nr.into(), &mut out)
+        trap_line(&prefix[..n], nr.into(), request, &mut out)
     };
     // SAFETY: write(2) and _exit(2) are async-signal-safe; `out` outlives the call.
     unsafe {

@@ -264,6 +264,11 @@ impl Drop for VmVsmmu {
 }
 
 fn event_thread(smmu: &Mutex<Smmuv3<GuestMemoryMmap>>, stop: &AtomicBool) {
+    // Before the first host event: what it reads comes from the device, and so the guest.
+    if let Err(e) = crate::seccomp::install(&crate::seccomp::filters::VSMMU_EVENTS) {
+        log::error!("vSMMU: {e}; host events (faults) will not reach the guest");
+        return;
+    }
     let mut logged = Smmuv3Stats::default();
     let mut last_log = Instant::now();
     let epoll = Epoll::new()

@@ -1,9 +1,7 @@
 use std::collections::BTreeMap;
 
 use kvm_bindings::*;
-#[cfg(target_arch = "x86_64")]
-use vmm_sys_util::ioctl_iowr_nr;
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 use super::*;
 
@@ -46,6 +44,20 @@ ioctl_io_nr!(VFIO_DEVICE_DETACH_IOMMUFD_PT, VFIO_TYPE, VFIO_BASE + 20);
 ioctl_io_nr!(IOMMU_DESTROY, IOMMUFD_TYPE, IOMMUFD_BASE);
 ioctl_io_nr!(IOMMU_IOAS_ALLOW_IOVAS, IOMMUFD_TYPE, IOMMUFD_BASE + 2);
 ioctl_io_nr!(IOMMU_IOAS_UNMAP, IOMMUFD_TYPE, IOMMUFD_BASE + 6);
+ioctl_iowr_nr!(KVM_CREATE_DEVICE, KVMIO, 0xe0, kvm_create_device);
+ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE, VFIO_BASE + 7);
+ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE, VFIO_BASE + 8);
+ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO_TYPE, VFIO_BASE + 9);
+ioctl_io_nr!(VFIO_DEVICE_BIND_IOMMUFD, VFIO_TYPE, VFIO_BASE + 18);
+ioctl_io_nr!(VFIO_DEVICE_ATTACH_IOMMUFD_PT, VFIO_TYPE, VFIO_BASE + 19);
+ioctl_io_nr!(IOMMU_IOAS_ALLOC, IOMMUFD_TYPE, IOMMUFD_BASE + 1);
+ioctl_io_nr!(IOMMU_IOAS_IOVA_RANGES, IOMMUFD_TYPE, IOMMUFD_BASE + 4);
+ioctl_io_nr!(IOMMU_IOAS_MAP, IOMMUFD_TYPE, IOMMUFD_BASE + 5);
+ioctl_io_nr!(IOMMU_HWPT_ALLOC, IOMMUFD_TYPE, IOMMUFD_BASE + 9);
+ioctl_io_nr!(IOMMU_GET_HW_INFO, IOMMUFD_TYPE, IOMMUFD_BASE + 0xa);
+ioctl_io_nr!(IOMMU_HWPT_INVALIDATE, IOMMUFD_TYPE, IOMMUFD_BASE + 0xd);
+ioctl_io_nr!(IOMMU_IOAS_MAP_FILE, IOMMUFD_TYPE, IOMMUFD_BASE + 0xf);
+ioctl_io_nr!(IOMMU_VEVENTQ_ALLOC, IOMMUFD_TYPE, IOMMUFD_BASE + 0x13);
 
 /// Every ioctl request a filter may name, computed from the uapi structs of this arch.
 fn known_ioctls() -> BTreeMap<&'static str, u64> {
@@ -78,6 +90,24 @@ fn known_ioctls() -> BTreeMap<&'static str, u64> {
     add("IOMMU_DESTROY", IOMMU_DESTROY());
     add("IOMMU_IOAS_ALLOW_IOVAS", IOMMU_IOAS_ALLOW_IOVAS());
     add("IOMMU_IOAS_UNMAP", IOMMU_IOAS_UNMAP());
+    add("KVM_CREATE_DEVICE", KVM_CREATE_DEVICE());
+    add("VFIO_DEVICE_GET_INFO", VFIO_DEVICE_GET_INFO());
+    add("VFIO_DEVICE_GET_REGION_INFO", VFIO_DEVICE_GET_REGION_INFO());
+    add("VFIO_DEVICE_GET_IRQ_INFO", VFIO_DEVICE_GET_IRQ_INFO());
+    add("VFIO_DEVICE_BIND_IOMMUFD", VFIO_DEVICE_BIND_IOMMUFD());
+    add(
+        "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+        VFIO_DEVICE_ATTACH_IOMMUFD_PT(),
+    );
+    add("IOMMU_IOAS_ALLOC", IOMMU_IOAS_ALLOC());
+    add("IOMMU_IOAS_IOVA_RANGES", IOMMU_IOAS_IOVA_RANGES());
+    add("IOMMU_IOAS_MAP", IOMMU_IOAS_MAP());
+    add("IOMMU_IOAS_MAP_FILE", IOMMU_IOAS_MAP_FILE());
+    add("IOMMU_GET_HW_INFO", IOMMU_GET_HW_INFO());
+    add("IOMMU_HWPT_ALLOC", IOMMU_HWPT_ALLOC());
+    add("IOMMU_HWPT_INVALIDATE", IOMMU_HWPT_INVALIDATE());
+    add("IOMMU_VEVENTQ_ALLOC", IOMMU_VEVENTQ_ALLOC());
+    add("FIONBIO", libc::FIONBIO);
     m
 }
 
@@ -163,6 +193,7 @@ fn the_trap_line_names_thread_filter_and_syscall() {
     let n = trap_line(
         b"vmm: error: seccomp: thread vcpu0 (filter vcpu) made syscall ",
         110,
+        None,
         &mut out,
     );
     let line = std::str::from_utf8(&out[..n]).unwrap();
@@ -174,12 +205,25 @@ fn the_trap_line_names_thread_filter_and_syscall() {
     assert_eq!(line.lines().count(), 1);
     // A line that does not fit is cut, never overrun.
     let mut small = [0u8; 20];
-    assert_eq!(trap_line(&[b'x'; 30], 7, &mut small), 20);
+    assert_eq!(trap_line(&[b'x'; 30], 7, None, &mut small), 20);
+    assert_eq!(trap_line(&[b'x'; 10], 16, Some(0x3b89), &mut small), 20);
+    // An ioctl names its request number.
+    let n = trap_line(b"made syscall ", 16, Some(0x3b89), &mut out);
+    let line = std::str::from_utf8(&out[..n]).unwrap();
+    assert!(
+        line.starts_with("made syscall 16 (ioctl, request 0x3b89), which"),
+        "{line}"
+    );
+
     let mut buf = [0u8; 24];
     let n = push_decimal(&mut buf, 0, -2147483648);
     assert_eq!(&buf[..n], b"-2147483648");
     let n = push_decimal(&mut buf, 0, 0);
     assert_eq!(&buf[..n], b"0");
+    let n = push_hex(&mut buf, 0, 0);
+    assert_eq!(&buf[..n], b"0x0");
+    let n = push_hex(&mut buf, 0, u64::MAX);
+    assert_eq!(&buf[..n], b"0xffffffffffffffff");
 }
 
 /// Runs `body` in a forked child with `program` installed and returns its wait status.
