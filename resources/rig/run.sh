@@ -32,6 +32,9 @@
 #   RIG_WITH_L2=1 also put the kernel (/rig/l2/Image or bzImage) and the base busybox
 #                 initramfs (/rig/l2/initramfs.cpio.gz) into L1, for L2 guests
 #   RIG_INTERACTIVE=1  console on the terminal, rig.shell, no timeout/judging
+#   RIG_STALL_S   seconds of console silence after which L1 counts as frozen (240, 0 = off):
+#                 QEMU's monitor is asked for the vCPU state (registers, the code at the PC,
+#                 three samples) into stall.txt, then QEMU is stopped and the run fails
 #   and those of build-kernel.sh / lib.sh (RIG_CACHE, RIG_JOBS, RIG_NICE, ...).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -115,7 +118,65 @@ if [ "${RIG_INTERACTIVE:-0}" = 1 ]; then
         -serial chardev:s0 -mon chardev=s0
 fi
 
+# A monitor on a pair of FIFOs (QEMU opens them read-write, so nothing blocks), for the stall
+# watch below: bash alone can talk to it, no socat or python needed.
+MON="$WORK/monitor"
+mkfifo "$MON.in" "$MON.out"
+QEMU+=(-chardev "pipe,id=mon0,path=$MON" -mon chardev=mon0,mode=readline
+       -pidfile "$WORK/qemu.pid")
+
+# rig_monitor COMMAND : one HMP command; prints what came back until 1 s of quiet, without
+# the readline echo of the command (the lines with terminal escapes).
+rig_monitor() {
+    local line
+    printf '%s\n' "$1" >&7
+    while IFS= read -r -t 1 -u 8 line; do
+        line=${line%$'\r'}
+        case "$line" in *$'\e'*) continue ;; esac
+        printf '%s\n' "$line"
+    done
+}
+
+# The stall watch: an L1 whose console is silent for RIG_STALL_S seconds is frozen (seen on
+# x86_64, docs/rig-reliability.md). Three samples of its vCPUs' state, 2 s apart, show whether
+# it spins (and where) or sleeps; then QEMU is stopped rather than left to the timeout.
+rig_stall_watch() {
+    local stall=$1 age cpu
+    exec 7<>"$MON.in" 8<>"$MON.out"
+    while sleep 10; do
+        [ -f "$WORK/qemu.pid" ] || continue
+        kill -0 "$(cat "$WORK/qemu.pid")" 2>/dev/null || return 0
+        age=$(($(date +%s) - $(stat -c %Y "$SERIAL")))
+        [ "$age" -ge "$stall" ] || continue
+        echo "$age" >"$LOG_DIR/.stalled"
+        {
+            echo "L1 console silent for ${age}s; QEMU's view of the vCPUs, three samples 2 s apart"
+            rig_monitor "" >/dev/null # the banner
+            for sample in 1 2 3; do
+                echo "=== sample $sample at $(date +%T)"
+                rig_monitor "info cpus"
+                for cpu in $(seq 0 $((SMP - 1))); do
+                    echo "--- vCPU $cpu"
+                    rig_monitor "cpu $cpu" >/dev/null
+                    rig_monitor "info registers"
+                    rig_monitor "x/12i \$pc"
+                done
+                [ "$ARCH" = x86_64 ] && rig_monitor "info lapic"
+                sleep 2
+            done
+        } >"$LOG_DIR/stall.txt" 2>&1
+        kill "$(cat "$WORK/qemu.pid")" 2>/dev/null
+        return 0
+    done
+}
+
 TIMEOUT=${RIG_TIMEOUT:-600}
+STALL=${RIG_STALL_S:-240}
+WATCH_PID=
+if [ "$STALL" -gt 0 ]; then
+    rig_stall_watch "$STALL" &
+    WATCH_PID=$!
+fi
 rig_log "booting $ARCH rig (timeout ${TIMEOUT}s, log $SERIAL)"
 BOOT_START=$(date +%s.%N)
 BOOT_WALL=
@@ -136,6 +197,7 @@ timeout -k 10 "$TIMEOUT" "${QEMU[@]}" -display none -monitor none -serial stdio 
     done
 }
 QRC=${PIPESTATUS[0]}
+[ -n "$WATCH_PID" ] && { kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null; }
 set -e
 END=$(date +%s.%N)
 if [ -f "$LOG_DIR/.init-up" ]; then
@@ -146,7 +208,10 @@ RUN_WALL=$(awk -v a="$BOOT_START" -v b="$END" 'BEGIN { printf "%.1f", b - a }')
 GUEST_UP=$(sed -n 's/^RIG-INIT: up .* uptime=\([0-9.]*\)s.*/\1/p' "$SERIAL" | head -n1)
 
 RESULT=PASS RC=0 WHY=""
-if [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then
+if [ -f "$LOG_DIR/.stalled" ]; then
+    RESULT=FAIL RC=124 WHY="L1 froze: no console output for $(cat "$LOG_DIR/.stalled")s; vCPU state in $LOG_DIR/stall.txt"
+    rm -f "$LOG_DIR/.stalled"
+elif [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then
     RESULT=FAIL RC=124 WHY="timeout after ${TIMEOUT}s"
 elif grep -qE 'Kernel panic|Internal error: Oops|^(\[ *[0-9.]+\] )?(Oops|BUG):' "$SERIAL"; then
     RESULT=FAIL RC=2 WHY="kernel panic/oops/BUG"
@@ -178,6 +243,7 @@ else
     echo "----- last 40 lines of $SERIAL -----" >&2
     tail -n 40 "$SERIAL" >&2
     [ -s "$LOG_DIR/qemu.stderr" ] && { echo "----- qemu stderr -----" >&2; tail -n 10 "$LOG_DIR/qemu.stderr" >&2; }
+    [ -s "$LOG_DIR/stall.txt" ] && { echo "----- stall.txt (first sample) -----" >&2; sed -n '/=== sample 2/q;p' "$LOG_DIR/stall.txt" | head -n 120 >&2; }
     rig_log "$ARCH: FAIL: $WHY; logs in $LOG_DIR"
 fi
 exit "$RC"
