@@ -110,17 +110,33 @@ impl KvmVfio for KernelKvmVfio {
 }
 
 /// A recording [`KvmVfio`] with failure injection, for tests.
+///
+/// Like KVM, it holds on to the *file*, not the fd number: a file it still holds (say, after
+/// a failed `remove_file`) stays in [`FakeKvmVfio::files`] after its fd is closed, and a new
+/// file that reuses the number is a different one.
 #[derive(Debug, Default)]
 pub struct FakeKvmVfio {
-    files: Mutex<Vec<RawFd>>,
+    /// (fd number when added, file identity).
+    files: Mutex<Vec<(RawFd, FileId)>>,
     /// When set, the next `add_file` fails with `EINVAL` (and clears the flag).
     pub fail_add: AtomicBool,
 }
 
+/// What tells two open files apart: the (device, inode) of the file behind an fd.
+type FileId = (u64, u64);
+
+fn file_id(fd: BorrowedFd<'_>) -> io::Result<FileId> {
+    let file = std::fs::File::from(fd.try_clone_to_owned()?);
+    let meta = file.metadata()?;
+    use std::os::unix::fs::MetadataExt;
+    Ok((meta.dev(), meta.ino()))
+}
+
 impl FakeKvmVfio {
-    /// The fds added and not removed.
+    /// The fds (numbers at the time) of the files added and not removed.
     pub fn files(&self) -> Vec<RawFd> {
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.iter().map(|&(fd, _)| fd).collect()
     }
 }
 
@@ -129,18 +145,20 @@ impl KvmVfio for FakeKvmVfio {
         if self.fail_add.swap(false, Ordering::Relaxed) {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
+        let id = file_id(fd)?;
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        if files.contains(&fd.as_raw_fd()) {
+        if files.iter().any(|&(_, f)| f == id) {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
         }
-        files.push(fd.as_raw_fd());
+        files.push((fd.as_raw_fd(), id));
         Ok(())
     }
 
     fn remove_file(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let id = file_id(fd)?;
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let before = files.len();
-        files.retain(|&f| f != fd.as_raw_fd());
+        files.retain(|&(_, f)| f != id);
         if files.len() == before {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }

@@ -50,6 +50,7 @@
 pub mod conformance;
 pub mod device_spec;
 pub mod fake_vfio;
+pub mod faulty;
 pub mod hypervisor;
 pub mod iommufd;
 pub mod iova;

@@ -42,6 +42,8 @@ case "$ARCH" in
     aarch64) CONSOLE="console=ttyS0 earlycon panic=-1" ;;
 esac
 rm -f /tmp/l2.status /tmp/l2.log
+seccomp_sample vmm_api &
+SAMPLER=$!
 ( /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
     --cmdline "$CONSOLE l2.hp_sig=$NEW_SIG l2.hp_cycles=$CYCLES" --vcpus 2 --memory 512M \
     --log-level info --api-socket "$SOCK" 2>"$VMMLOG"
@@ -74,6 +76,8 @@ fds() { ls "/proc/$(pidof vmm)/fd" 2>/dev/null | wc -l; }
 usage() { grep -a "hotplug: device .*; in use:" "$VMMLOG" | tail -n 1 | sed 's/.*in use: //'; }
 
 wait_log 240 "^L2-HP ready"
+wait $SAMPLER
+seccomp_verdict
 grep -a "^L2-HP ready" /tmp/l2.log | sed 's/^/hotplug: /'
 $R ping >/dev/null || fail "vmm.ping does not answer"
 

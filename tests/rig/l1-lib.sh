@@ -97,6 +97,44 @@ l2_watch() {
     done
 }
 
+# seccomp_sample [THREAD...] : in the background while our VMM boots L2: once its vcpu0 thread
+# exists (and, after it, each THREAD named), waits 2 s for the rest to start and writes one
+# "comm mode" line per VMM thread (the Seccomp field of /proc/PID/task/*/status) to
+# /tmp/vmm-seccomp. seccomp_verdict then judges it.
+seccomp_sample() {
+    rm -f /tmp/vmm-seccomp
+    n=600
+    while [ "$n" -gt 0 ]; do
+        pid=$(pidof vmm 2>/dev/null | cut -d' ' -f1)
+        [ -f /tmp/l2.status ] && return 0 # the VMM ended before its vCPUs ran
+        if [ -n "$pid" ] && grep -qx vcpu0 /proc/"$pid"/task/*/comm 2>/dev/null; then
+            ok=1
+            for t in "$@"; do
+                grep -qx "$t" /proc/"$pid"/task/*/comm 2>/dev/null || ok=0
+            done
+            [ "$ok" = 1 ] && break
+        fi
+        n=$((n - 1))
+        sleep 0.2
+    done
+    [ -n "$pid" ] || return 0
+    sleep 2
+    for t in /proc/"$pid"/task/*; do
+        echo "$(cat "$t/comm" 2>/dev/null) $(sed -n 's/^Seccomp:[[:space:]]*//p' "$t/status" 2>/dev/null)"
+    done >/tmp/vmm-seccomp.part
+    mv /tmp/vmm-seccomp.part /tmp/vmm-seccomp
+}
+
+# seccomp_verdict : every thread of our VMM ran under a filter (Seccomp 2, --seccomp on is
+# the default), or the scenario fails.
+seccomp_verdict() {
+    [ "$(l2_vmm)" = vmm ] || return 0
+    [ -s /tmp/vmm-seccomp ] || fail "the VMM's threads were never sampled for seccomp"
+    echo "seccomp: $(awk '{printf "%s=%s ", $1, $2}' /tmp/vmm-seccomp)"
+    awk '$2 != 2 {bad = 1} END {exit bad}' /tmp/vmm-seccomp ||
+        fail "a VMM thread ran without its seccomp filter: $(awk '$2 != 2 {printf "%s=%s ", $1, $2}' /tmp/vmm-seccomp)"
+}
+
 # run_l2 CMDLINE VCPUS MEM_MB [BDF[=ID]...] : boots /rig/l2-kernel with /rig/l2-initramfs.cpio.gz
 # under l2_vmm, passing the PCI functions BDF (bound to vfio-pci) through. The console
 # streams to L1's console prefixed "L2| " and is kept in /tmp/l2.log; the VMM's exit status
@@ -114,9 +152,12 @@ run_l2() {
                 if [ "$id" != "$d" ]; then echo "--device path=/sys/bus/pci/devices/$bdf,id=$id"
                 else echo "--device path=/sys/bus/pci/devices/$bdf"; fi
             done)
+            rm -f /tmp/l2.status
+            seccomp_sample &
             ( /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
                 --cmdline "$cmdline" --vcpus "$vcpus" --memory "${mem}M" --log-level info "$@" 2>&1
               echo $? > /tmp/l2.status ) | tee /tmp/l2.log | sed 's/^/L2| /'
+            wait $!
             ;;
         qemu)
             [ -x /opt/qemu/bin/qemu ] || fail "rig.l2vmm=qemu but no /opt/qemu/bin/qemu in L1"

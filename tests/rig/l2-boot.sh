@@ -18,6 +18,7 @@ CMDLINE="$CONSOLE $MARK"
 echo "L1: starting L2 under $(l2_vmm) ($VCPUS vCPUs, ${MEM_MB}M) at $(cut -d' ' -f1 /proc/uptime)s"
 START=$(cut -d' ' -f1 /proc/uptime)
 run_l2 "$CMDLINE" $VCPUS $MEM_MB
+seccomp_verdict
 STATUS=$(cat /tmp/l2.status)
 END=$(cut -d' ' -f1 /proc/uptime)
 echo "L1: $(l2_vmm) exited with status $STATUS after $(awk "BEGIN{print $END-$START}")s"

@@ -40,6 +40,7 @@ echo "nested: wrote '$OLD_SIG' to $DISK ($BLK); host MSI window $(msi_window)"
 
 CMDLINE="console=ttyS0 earlycon panic=-1 iommu.passthrough=0 iommu.strict=1 l2.iommu=1 l2.new_sig=$NEW_SIG"
 run_l2 "$CMDLINE" 2 512 "$BLK=disk,iommu=on" "$NET=nic,iommu=on"
+seccomp_verdict
 STATUS=$(cat /tmp/l2.status)
 echo "nested: $(l2_vmm) exited with status $STATUS"
 [ "$STATUS" = 0 ] || fail "$(l2_vmm) exited with status $STATUS"

@@ -25,6 +25,7 @@ case "$ARCH" in
 esac
 START=$(cut -d' ' -f1 /proc/uptime)
 run_l2 "$CONSOLE l2.new_sig=$NEW_SIG" 2 512 "$BLK=disk" "$NET=nic"
+seccomp_verdict
 STATUS=$(cat /tmp/l2.status)
 END=$(cut -d' ' -f1 /proc/uptime)
 echo "passthrough: $(l2_vmm) exited with status $STATUS after $(awk "BEGIN{print $END-$START}")s"

@@ -15,9 +15,13 @@ case "$ARCH" in
     x86_64) CONSOLE="console=ttyS0 reboot=k panic=-1 no_timer_check i8042.noaux i8042.nomux i8042.dumbkbd" ;;
     aarch64) CONSOLE="console=ttyS0 earlycon panic=-1" ;;
 esac
+rm -f /tmp/l2.status
+seccomp_sample virtio-rng &
 ( /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
     --cmdline "$CONSOLE l2.new_sig=$NEW_SIG" --vcpus 2 --memory 512M \
     --disk path=$IMG --rng 2>&1; echo $? > /tmp/l2.status ) | tee /tmp/l2.log | sed 's/^/L2| /'
+wait $!
+seccomp_verdict
 STATUS=$(cat /tmp/l2.status)
 [ "$STATUS" = 0 ] || fail "vmm exited with status $STATUS"
 get() { sed -n "s/^L2-REPORT $1=//p" /tmp/l2.log | tr -d '\r' | head -1; }

@@ -23,11 +23,14 @@ use passthrough::{
     ReservedRegion,
 };
 use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::interrupts::test_utils::FakeRouting;
+use crate::interrupts::IrqRouting;
 use crate::interrupts::Route;
 use crate::vfio::{follow_bar_move, PassthroughFunctions};
+use passthrough::faulty::{Faults, FaultyIommufd, FaultyKvm, FaultySlots, FaultyVfio};
 
 const RAM: u64 = 0x20_0000;
 /// Slot Control / Status of a root port (PCIe capability at 0x50).
@@ -54,6 +57,7 @@ struct ModelSource {
 struct ModelOpener {
     devices: Arc<Mutex<HashMap<PathBuf, HostDev>>>,
     handles: Arc<Mutex<Vec<FakeVfioHandle>>>,
+    faults: Arc<Faults>,
 }
 
 fn model_device(d: &HostDev) -> ModelDevice {
@@ -75,9 +79,15 @@ impl VfioOpener for ModelOpener {
             .get(&dev.spec.path)
             .cloned()
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+        if self.faults.hit("open the cdev") {
+            return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        }
         let fake = FakeVfioDevice::virtio_blk();
         lock(&self.handles).push(fake.handle());
-        Ok((Box::new(fake), DeviceHandle::Model(model_device(&host))))
+        Ok((
+            Box::new(FaultyVfio::new(fake, self.faults.clone())),
+            DeviceHandle::Model(model_device(&host)),
+        ))
     }
 }
 
@@ -110,18 +120,15 @@ impl DeviceSource for ModelSource {
             .get(&dev.spec.path)
             .cloned()
             .ok_or_else(|| VfioError::NotFound(dev.name.clone()))?;
+        // The kernel path's own probe, on a model device.
         let mut fd = passthrough::ram_dma::lock(iommufd);
-        let ioas = fd
-            .alloc_ioas()
-            .map_err(|e| VfioError::RamDma(passthrough::ram_dma::RamDmaError::Ioas(e)))?;
-        let id = fd
-            .bind_device(DeviceHandle::Model(model_device(&host)))
-            .map_err(|e| VfioError::RamDma(passthrough::ram_dma::RamDmaError::Ioas(e)))?;
-        fd.attach_device(id, ioas.into()).ok();
-        let ranges = fd.iova_ranges(ioas).map(|r| r.ranges).ok();
-        let _ = fd.detach_device(id);
-        let _ = fd.unbind_device(id);
-        let _ = fd.destroy(ioas.into());
+        let ranges = passthrough::probe_iova_ranges(
+            &mut *fd,
+            &host.bdf,
+            DeviceHandle::Model(model_device(&host)),
+        )
+        .map_err(|e| VfioError::Probe(dev.name.clone(), e))?;
+        let ranges = Some(ranges);
         Ok(DeviceRanges {
             name: Arc::from(host.bdf.as_str()),
             iova_ranges: ranges,
@@ -156,10 +163,38 @@ enum Guest {
     NotOnFirst,
 }
 
+/// The fake routing, failing the call [`Faults`] picks (a failed call changes nothing).
+struct FaultyRouting {
+    routing: FakeRouting,
+    faults: Arc<Faults>,
+}
+
+impl IrqRouting for FaultyRouting {
+    fn set_routes(&self, routes: &[(u32, Route)]) -> std::io::Result<()> {
+        if self.faults.hit("KVM_SET_GSI_ROUTING") {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        self.routing.set_routes(routes)
+    }
+    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> std::io::Result<()> {
+        if self.faults.hit("KVM_IRQFD (assign)") {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        self.routing.register_irqfd(fd, gsi)
+    }
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> std::io::Result<()> {
+        // Deassigning cannot fail for an fd KVM has; not a boundary call worth failing.
+        self.routing.unregister_irqfd(fd, gsi)
+    }
+}
+
 struct Rig {
-    model: Arc<Mutex<ModelIommufd>>,
-    kvm: Arc<FakeKvmVfio>,
-    slots: Arc<FakeMemslots>,
+    /// Every boundary call below (iommufd, VFIO, KVM-VFIO, memory slots, routing) is
+    /// counted here; `faults.fail_after(n)` fails one.
+    faults: Arc<Faults>,
+    model: Arc<Mutex<FaultyIommufd>>,
+    kvm: Arc<FaultyKvm>,
+    slots: Arc<FaultySlots>,
     irq: Arc<InterruptManager>,
     root: Arc<Mutex<PciRoot>>,
     pt: Arc<Mutex<Passthrough>>,
@@ -189,12 +224,25 @@ fn path(name: &str) -> PathBuf {
 
 impl Rig {
     fn new(ports: u8, guest: Guest) -> Rig {
-        let model = Arc::new(Mutex::new(ModelIommufd::with_page_size(PAGE)));
+        let faults = Faults::new(0);
+        let model = Arc::new(Mutex::new(FaultyIommufd {
+            model: ModelIommufd::with_page_size(PAGE),
+            faults: faults.clone(),
+        }));
         let shared: SharedIommufd = model.clone();
-        let kvm = Arc::new(FakeKvmVfio::default());
-        let slots = Arc::new(FakeMemslots::default());
+        let kvm = Arc::new(FaultyKvm {
+            kvm: FakeKvmVfio::default(),
+            faults: faults.clone(),
+        });
+        let slots = Arc::new(FaultySlots {
+            slots: FakeMemslots::default(),
+            faults: faults.clone(),
+        });
         let irq = Arc::new(InterruptManager::new(
-            Arc::new(FakeRouting::default()),
+            Arc::new(FaultyRouting {
+                routing: FakeRouting::default(),
+                faults: faults.clone(),
+            }),
             &[],
             24,
             1024,
@@ -249,6 +297,7 @@ impl Rig {
             opener: ModelOpener {
                 devices: hosts.clone(),
                 handles: handles.clone(),
+                faults: faults.clone(),
             },
         };
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
@@ -272,6 +321,7 @@ impl Rig {
         // too short on a loaded machine).
         set_up.recv_timeout(Duration::from_secs(30)).unwrap();
         Rig {
+            faults,
             model,
             kvm,
             slots,
@@ -290,9 +340,9 @@ impl Rig {
     fn snapshot(&self) -> Snapshot {
         let root = lock(&self.root);
         Snapshot {
-            objects: lock(&self.model).object_ids(),
-            kvm_files: self.kvm.files().len(),
-            memslots: self.slots.slots().len(),
+            objects: lock(&self.model).model.object_ids(),
+            kvm_files: self.kvm.kvm.files().len(),
+            memslots: self.slots.slots.slots().len(),
             routes: self.irq.routes(),
             gsis: self.irq.gsis_in_use(),
             devices: lock(&self.pt).len(),
@@ -312,7 +362,7 @@ impl Rig {
 
     fn ioas_state(&self) -> Option<(passthrough::IoasId, Vec<IovaRange>, Vec<IovaRange>)> {
         let ioas = lock(&self.pt).ioas()?;
-        let m = lock(&self.model);
+        let m = &lock(&self.model).model;
         Some((ioas, m.mappings(ioas), m.allowed(ioas)))
     }
 
@@ -336,6 +386,7 @@ impl Rig {
         let mut opener = ModelOpener {
             devices: self.hosts.clone(),
             handles: self.handles.clone(),
+            faults: self.faults.clone(),
         };
         let irq = self.irq.clone();
         let mut groups = |n: u16| {
@@ -556,7 +607,11 @@ fn first_and_last_device_keep_the_others_mappings() {
     assert_eq!(rig.hp.devices()[1].bdf, "02:00.0");
     rig.hp.remove_device("b").unwrap();
     assert_eq!(rig.ioas_state().unwrap(), ioas, "c still DMAs into RAM");
-    assert_eq!(lock(&rig.model).object_ids().len(), 3, "IOAS, HWPT, c");
+    assert_eq!(
+        lock(&rig.model).model.object_ids().len(),
+        3,
+        "IOAS, HWPT, c"
+    );
     rig.hp.remove_device("c").unwrap();
     assert_eq!(rig.snapshot(), empty);
 }
@@ -680,14 +735,14 @@ fn ram_conflicts_name_the_range() {
 fn a_failed_attach_undoes_the_first_device_ioas_and_ram() {
     let mut rig = Rig::new(1, Guest::Pciehp);
     let before = rig.snapshot();
-    rig.kvm.fail_add.store(true, Ordering::Relaxed);
+    rig.kvm.kvm.fail_add.store(true, Ordering::Relaxed);
     let err = rig.add("a").unwrap_err();
     assert_eq!(err.kind, HotplugFaultKind::Internal, "{err}");
     assert!(err.message.contains("KVM_DEV_VFIO_FILE_ADD"), "{err}");
     assert_eq!(rig.snapshot(), before);
     assert!(rig.ioas_state().is_none());
     // The slot is free and works once KVM accepts the device.
-    rig.kvm.fail_add.store(false, Ordering::Relaxed);
+    rig.kvm.kvm.fail_add.store(false, Ordering::Relaxed);
     rig.add("a").unwrap();
     rig.hp.remove_device("a").unwrap();
     assert_eq!(rig.snapshot(), before);
@@ -762,19 +817,21 @@ fn hot_adds_beside_the_vsmmu_leave_it_alone_and_teardown_is_ordered() {
         assert_eq!(pt.vsmmu_node().unwrap().rids, [rid]);
     }
     let dev_a = lock(&rig.pt).devices()[0].device.dev_id().unwrap();
-    let stage2 = lock(&rig.model).attached_hwpt(dev_a).unwrap();
+    let stage2 = lock(&rig.model).model.attached_hwpt(dev_a).unwrap();
     let before = rig.snapshot();
 
     rig.add("b").unwrap();
-    assert_eq!(lock(&rig.model).attached_hwpt(dev_a), Some(stage2));
+    assert_eq!(lock(&rig.model).model.attached_hwpt(dev_a), Some(stage2));
     rig.hp.remove_device("b").unwrap();
     assert_eq!(rig.snapshot(), before);
-    assert_eq!(lock(&rig.model).attached_hwpt(dev_a), Some(stage2));
+    assert_eq!(lock(&rig.model).model.attached_hwpt(dev_a), Some(stage2));
     assert!(lock(&rig.pt).vsmmu_node().is_some());
     let err = rig.hp.remove_device("a").unwrap_err();
     assert_eq!(err.kind, HotplugFaultKind::Conflict, "{err}");
 
     let model = rig.model.clone();
     drop(rig);
-    assert_eq!(lock(&model).object_ids(), Vec::<ObjectId>::new());
+    assert_eq!(lock(&model).model.object_ids(), Vec::<ObjectId>::new());
 }
+
+mod fail_nth;
