@@ -71,7 +71,8 @@ bash "$RIG_LIB_DIR/build-initramfs.sh" "$ARCH" "$INITRD" --scenario "$SCENARIO" 
 truncate -s "${RIG_SCRATCH_SIZE:-64M}" "$WORK/scratch.img"
 
 MEM=${RIG_MEM:-2G}
-APPEND="panic=-1 ${RIG_APPEND:-}"
+# nokaslr: L1's kernel sits where System.map says, so a stall sample's PC names a function.
+APPEND="panic=-1 nokaslr ${RIG_APPEND:-}"
 [ "${RIG_INTERACTIVE:-0}" = 1 ] && APPEND="$APPEND rig.shell"
 case "$ARCH" in
     aarch64)
@@ -137,6 +138,29 @@ rig_monitor() {
     done
 }
 
+# rig_symbolize SYSTEM_MAP FILE : for each distinct PC (x86 RIP=, arm64 PC=) in FILE, the
+# System.map symbol at or below it, as "PC symbol+offset".
+rig_symbolize() {
+    local map=$1 file=$2
+    [ -f "$map" ] || { echo "(no $map)"; return 0; }
+    sed -n 's/.*\(RIP\|PC\)=\([0-9a-fA-F]\{16\}\).*/\2/p' "$file" | sort -u | while read -r pc; do
+        # awk's numbers are doubles: compare the low 40 bits of symbols that share the PC's
+        # upper 24.
+        awk -v pc="$pc" '
+            function hex(s,   i, v) {
+                v = 0; s = tolower(s)
+                for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1
+                return v
+            }
+            BEGIN { top = tolower(substr(pc, 1, 6)); want = hex(substr(pc, 7)); best = -1 }
+            tolower(substr($1, 1, 6)) == top {
+                a = hex(substr($1, 7)); if (a <= want && a > best) { best = a; name = $3 }
+            }
+            END { if (best >= 0) printf "%s %s+0x%x\n", pc, name, want - best; else print pc, "?" }
+        ' "$map"
+    done
+}
+
 # The stall watch: an L1 whose console is silent for RIG_STALL_S seconds is frozen (seen on
 # x86_64, docs/rig-reliability.md). Three samples of its vCPUs' state, 2 s apart, show whether
 # it spins (and where) or sleeps; then QEMU is stopped rather than left to the timeout.
@@ -164,7 +188,10 @@ rig_stall_watch() {
                 [ "$ARCH" = x86_64 ] && rig_monitor "info lapic"
                 sleep 2
             done
-        } >"$LOG_DIR/stall.txt" 2>&1
+            echo "=== the sampled PCs in L1's System.map (an L2 PC names nothing sensible)"
+            rig_symbolize "$(dirname "$KERNEL")/System.map" "$LOG_DIR/stall.txt.part"
+        } >"$LOG_DIR/stall.txt.part" 2>&1
+        mv "$LOG_DIR/stall.txt.part" "$LOG_DIR/stall.txt"
         kill "$(cat "$WORK/qemu.pid")" 2>/dev/null
         return 0
     done
