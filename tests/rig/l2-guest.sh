@@ -96,7 +96,7 @@ if [ -n "$HP_SIG" ]; then
     done
     echo "L2-HP blk final write=$(put_sig "$HP_SIG-final") sig=$(sig)"
     echo "L2-REPORT blk_irqs=$(grep -iE 'virtio[0-9]+-req' /proc/interrupts | awk '{for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) s += $i; else break} END {print s + 0}')"
-    dmesg | grep -i pciehp | tail -n 5 | sed 's/^/L2-HP dmesg: /'
+    dmesg | grep -iE "pciehp|virtio_net|virtio-pci" | tail -n 24 | sed "s/^/L2-HP dmesg: /"
 fi
 # What the guest's IOMMU looks like when asked (rig scenario nested.sh).
 if grep -q "l2.iommu=1" /proc/cmdline; then
