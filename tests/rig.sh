@@ -4,7 +4,7 @@
 #
 #   tests/rig.sh [ARCH...]      default: x86_64 aarch64 (or $RIG_ARCHES)
 #   RIG_SCENARIOS="iommufd l2-boot virtio passthrough nested hotplug"  which scenarios
-#                 (tests/rig/NAME.sh) to run (default: these; x86_64 without hotplug)
+#                 (tests/rig/NAME.sh) to run (default: these)
 #   RIG_RETRY=1   run a failed scenario once more (local use only; off by default, and a
 #                 pass on the second attempt is still reported as FLAKY)
 #   RIG_L2_VMM=qemu  boot L2 with Debian's QEMU (KVM in L1) instead of our VMM, in the
@@ -56,12 +56,7 @@ for arch in $ARCHES; do
     l2_initrd="$WORK/l2-$arch.cpio.gz"
     bash "$RIG/build-initramfs.sh" "$arch" "$l2_initrd" --scenario "$ROOT/tests/rig/l2-guest.sh" >/dev/null
     qemu_bundle=
-    # x86_64 leaves hotplug out of the default set for now: twice this session L1 froze
-    # outright while an L2 ran for minutes (once in hotplug with our VMM, once in compare
-    # with QEMU as the L2 VMM), and hotplug keeps L2 up for about 5 minutes.
-    # docs/rig-reliability.md; RIG_SCENARIOS=hotplug runs it.
     defaults="iommufd l2-boot virtio passthrough nested hotplug"
-    [ "$arch" = x86_64 ] && defaults="iommufd l2-boot virtio passthrough nested"
     for scenario in ${RIG_SCENARIOS:-$defaults}; do
         # QEMU in L1: for the differential runs and for the compare scenario, which runs both.
         EXTRA=()
@@ -76,6 +71,7 @@ for arch in $ARCHES; do
             case "$scenario" in
                 compare) scenario_timeout=2400 ;;
                 hotplug) scenario_timeout=1200 ;;
+                bench) scenario_timeout=1800 ;;
             esac
         fi
         # A failed scenario is run once more: QEMU-TCG emulating nested virtualization is not

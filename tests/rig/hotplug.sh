@@ -41,11 +41,18 @@ case "$ARCH" in
     x86_64) CONSOLE="console=ttyS0 reboot=k panic=-1 no_timer_check i8042.noaux i8042.nomux i8042.dumbkbd" ;;
     aarch64) CONSOLE="console=ttyS0 earlycon panic=-1" ;;
 esac
+# x86_64: one L2 vCPU. The x86 L1 has one vCPU, so two L2 vCPUs take turns on it; over the
+# minutes this scenario runs, an L2 vCPU spinning with interrupts off on a lock its preempted
+# sibling holds livelocks L1: QEMU-TCG never turns L1's pending timer interrupt into the
+# #VMEXIT that would let L1 run the sibling (caught by the rig's stall watch; evidence in
+# docs/rig-reliability.md). With one L2 vCPU that wait cannot arise. aarch64 keeps two.
+L2_VCPUS=2
+[ "$ARCH" = x86_64 ] && L2_VCPUS=1
 rm -f /tmp/l2.status /tmp/l2.log
 seccomp_sample vmm_api &
 SAMPLER=$!
 ( /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
-    --cmdline "$CONSOLE l2.hp_sig=$NEW_SIG l2.hp_cycles=$CYCLES" --vcpus 2 --memory 512M \
+    --cmdline "$CONSOLE l2.hp_sig=$NEW_SIG l2.hp_cycles=$CYCLES" --vcpus "$L2_VCPUS" --memory 512M \
     --log-level info --api-socket "$SOCK" 2>"$VMMLOG"
   echo $? >/tmp/l2.status ) | tee /tmp/l2.log | sed 's/^/L2| /' &
 l2_watch &
