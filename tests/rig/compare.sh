@@ -20,6 +20,13 @@
 #        init is up: the sum of Rss minus the Rss of the guest RAM mapping (the mapping whose
 #        size is 512M, up to 4M more for alignment; else the largest mapping of 256M or more).
 #   5    L2 sequential read and write MB/s of the passed-through virtio-blk (l2-guest.sh).
+#   6    hotplug (third boot per VMM and round, "hp"): L2 boots with no device, then the
+#        virtio-blk is added (ours: vmm-remote add-device over the API socket; QEMU:
+#        device_add vfio-pci over QMP into a pcie-root-port, native PCIe hotplug on both),
+#        removed and added again. L1 stamps the call and the moment L2's console says the
+#        disk is usable ("L2-HP blk sig=": its driver bound and the first sector read) or
+#        gone; the figures are call -> usable for the first add and the re-add, call -> gone
+#        for the remove.
 # Table: medians, ratio ours/QEMU, the issue's target. RIG-RESULT: PASS only when every run of
 # both VMMs succeeded; a run of one VMM failing where the same case of the other passed gives a
 # line "compare: DIFFERENTIAL ...".
@@ -82,6 +89,11 @@ stamp_console() {
             read -r first _ </proc/uptime
             echo "first=$first" >>"$1.t"
         fi
+        case "$line" in
+            "L2-HP ready"* | "L2-HP blk sig="* | "L2-HP blk gone"* | "L2-HP blk back"*)
+                read -r t _ </proc/uptime
+                echo "${line%% sig=*}=$t" | sed 's/^L2-HP //; s/ /_/g' >>"$1.t" ;;
+        esac
         if [ -z "$init" ]; then
             case "$line" in
                 *"RIG-INIT: up"*)
@@ -124,6 +136,55 @@ tail_l2() {
     done
 }
 
+# hotplug_driver VMM BASE : in the background of an hp run: once L2 says "L2-HP ready", adds
+# the virtio-blk, removes it once L2 has used it, adds it again once L2 has let it go; stamps
+# each call (BASE.t: call_add=, call_remove=, call_readd=). A failed step goes to BASE.hpfail.
+hotplug_driver() {
+    vmm=$1 b=$2
+    wait_for() { # PATTERN SECONDS
+        n=$(($2 * 10))
+        while ! grep -q "$1" "$b.out" 2>/dev/null; do
+            n=$((n - 1))
+            [ "$n" -gt 0 ] || { echo "no '$1' from L2 within $2 s" >"$b.hpfail"; return 1; }
+            sleep 0.1
+        done
+    }
+    stamp() { read -r u _ </proc/uptime; echo "call_$1=$u" >>"$b.t"; }
+    if [ "$vmm" = qemu ]; then
+        exec 7<>"$b.qmp.in" 8<>"$b.qmp.out"
+        qmp() { # JSON : one command; waits for its "return" (or "error") line
+            printf '%s\n' "$1" >&7
+            while IFS= read -r -t 30 -u 8 reply; do
+                case "$reply" in *'"return"'*) return 0 ;; *'"error"'*) echo "QMP: $reply" >"$b.hpfail"; return 1 ;; esac
+            done
+            echo "QMP: no answer to $1" >"$b.hpfail"
+            return 1
+        }
+        IFS= read -r -t 30 -u 8 _greeting
+        qmp '{"execute":"qmp_capabilities"}' || return 1
+        add() { qmp "{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"vfio-pci\",\"host\":\"$BLK\",\"iommufd\":\"ifd0\",\"bus\":\"rp1\",\"id\":\"hp1\"}}"; }
+        del() { # device_del, then its DEVICE_DELETED event (QEMU finishes the unplug later)
+            qmp '{"execute":"device_del","arguments":{"id":"hp1"}}' || return 1
+            while IFS= read -r -t 60 -u 8 reply; do
+                case "$reply" in *DEVICE_DELETED*hp1*) return 0 ;; esac
+            done
+            echo "QMP: no DEVICE_DELETED for hp1" >"$b.hpfail"
+            return 1
+        }
+    else
+        R="/rig/vmm-remote --api-socket $b.sock"
+        add() { out=$($R add-device "path=/sys/bus/pci/devices/$BLK,id=hp1" 2>&1) || { echo "add-device: $out" >"$b.hpfail"; return 1; }; }
+        del() { out=$($R remove-device hp1 2>&1) || { echo "remove-device: $out" >"$b.hpfail"; return 1; }; }
+    fi
+    wait_for "^L2-HP ready" 180 || return 1
+    stamp add; add || return 1
+    wait_for "^L2-HP blk sig=" 60 || return 1
+    stamp remove; del || return 1
+    wait_for "^L2-HP blk gone" 60 || return 1
+    stamp readd; add || return 1
+    wait_for "^L2-HP blk back" 60 || return 1
+}
+
 # run_one VMM CASE ROUND : VMM ours|qemu, CASE plain|pt. Records the figures; returns 1 (and
 # writes the reason to $W/VMM-CASE-ROUND.why) when the run failed.
 run_one() {
@@ -132,15 +193,29 @@ run_one() {
     rm -f "$b".*
     extra=""
     [ "$kind" = pt ] && extra="l2.bench=1"
+    [ "$kind" = hp ] && extra="l2.hp_sig=compare-$round l2.hp_cycles=0"
     if [ "$vmm" = ours ]; then
         set -- /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
             --cmdline "$CON_OURS $extra" --vcpus "$VCPUS" --memory "${MEM_MB}M" --log-level info
         [ "$kind" = pt ] && set -- "$@" --device "path=/sys/bus/pci/devices/$BLK"
+        [ "$kind" = hp ] && set -- "$@" --api-socket "$b.sock"
     else
         set -- /opt/qemu/bin/qemu -machine "$QMACHINE" -cpu host -smp "$VCPUS" -m "${MEM_MB}M" \
             -nodefaults -no-user-config -display none -monitor none -serial stdio -no-reboot \
             -kernel /rig/l2-kernel -initrd /rig/l2-initramfs.cpio.gz -append "$CON_QEMU $extra"
         [ "$kind" = pt ] && set -- "$@" -object iommufd,id=ifd0 -device "vfio-pci,host=$BLK,iommufd=ifd0"
+        if [ "$kind" = hp ]; then
+            mkfifo "$b.qmp.in" "$b.qmp.out"
+            set -- "$@" -object iommufd,id=ifd0 -device pcie-root-port,id=rp1,chassis=1 \
+                -chardev "pipe,id=qmp,path=$b.qmp" -mon chardev=qmp,mode=control
+            # q35 would hot-plug through ACPI; native PCIe hotplug (pciehp) is like for like.
+            [ "$ARCH" = x86_64 ] && set -- "$@" -global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off
+        fi
+    fi
+    hp_driver=
+    if [ "$kind" = hp ]; then
+        hotplug_driver "$vmm" "$b" &
+        hp_driver=$!
     fi
     # Watchdog: a hung L2 costs one run, not the scenario.
     ( sleep "$TMO"
@@ -155,6 +230,10 @@ run_one() {
       echo $? >"$b.status" ) | stamp_console "$b"
     kill "$wd" 2>/dev/null
     wait "$wd" 2>/dev/null
+    if [ -n "$hp_driver" ]; then
+        kill "$hp_driver" 2>/dev/null
+        wait "$hp_driver" 2>/dev/null
+    fi
     st=$(cat "$b.status" 2>/dev/null)
     first=$(sed -n 's/^first=//p' "$b.t" 2>/dev/null)
     init=$(sed -n 's/^init=//p' "$b.t" 2>/dev/null)
@@ -167,6 +246,7 @@ run_one() {
     elif ! grep -q "^L2-REPORT done" "$b.out"; then why="L2 init never reported"
     elif [ "$(get nproc)" != "$VCPUS" ]; then why="L2 nproc '$(get nproc)' != $VCPUS"
     elif [ "$kind" = pt ] && [ -z "$(get bench_read_mbps)" ]; then why="no throughput figures from L2"
+    elif [ "$kind" = hp ] && [ -f "$b.hpfail" ]; then why="hotplug: $(cat "$b.hpfail")"
     fi
     rd=$(get bench_read_mbps)
     wr=$(get bench_write_mbps)
@@ -186,6 +266,19 @@ run_one() {
     rss_kb=${1:-} ram_rss_kb=${2:-} ram_size_kb=${3:-}
     if [ -n "$rss_kb" ] && [ "${ram_size_kb:-0}" -gt 0 ]; then
         record "$vmm" "mem_mib_$kind" "$(awk "BEGIN { printf \"%.1f\", ($rss_kb - $ram_rss_kb) / 1024 }")"
+    fi
+    if [ "$kind" = hp ]; then
+        # Call -> L2 sees it, from the driver's "call_*" and the console's stamps.
+        t() { sed -n "s/^$1=//p" "$b.t" | head -n1; }
+        ms() { [ -n "$1" ] && [ -n "$2" ] && awk "BEGIN { printf \"%.0f\", ($2 - $1) * 1000 }"; }
+        add=$(ms "$(t call_add)" "$(t blk)")
+        rm_=$(ms "$(t call_remove)" "$(t blk_gone)")
+        readd=$(ms "$(t call_readd)" "$(t blk_back)")
+        record "$vmm" hp_add_ms "$add"
+        record "$vmm" hp_remove_ms "$rm_"
+        record "$vmm" hp_readd_ms "$readd"
+        echo "compare: round $round $vmm hp: ok, add ${add:-?}ms, remove ${rm_:-?}ms, re-add ${readd:-?}ms (call -> L2 sees it)"
+        return 0
     fi
     line="compare: round $round $vmm $kind: ok, init up ${boot}s, first console line ${fl}ms"
     [ -n "$rss_kb" ] && line="$line, Rss ${rss_kb}kB (guest RAM mapping ${ram_size_kb}kB, ${ram_rss_kb}kB resident)"
@@ -214,7 +307,7 @@ failed_runs=0
 round=1
 while [ "$round" -le "$K" ]; do
     if [ $((round % 2)) = 1 ]; then order="ours qemu"; else order="qemu ours"; fi
-    for kind in plain pt; do
+    for kind in plain pt hp; do
         res_ours="" res_qemu=""
         for vmm in $order; do
             if run_one "$vmm" "$kind" "$round"; then r=ok; ok_runs=$((ok_runs + 1))
@@ -269,6 +362,9 @@ row "4 resident memory excl. guest RAM, no devices (MiB)" mem_mib_plain mem_mib_
 row "4 resident memory excl. guest RAM, passthrough (MiB)" mem_mib_pt mem_mib_pt "<= 0.15"
 row "5 L2 sequential read, passed-through virtio-blk (MB/s)" read_mbps read_mbps ">= 0.95"
 row "5 L2 sequential write, passed-through virtio-blk (MB/s)" write_mbps write_mbps ">= 0.95"
+row "6 hotplug: add call -> disk usable in L2 (ms)" hp_add_ms hp_add_ms ""
+row "6 hotplug: remove call -> disk gone in L2 (ms)" hp_remove_ms hp_remove_ms ""
+row "6 hotplug: re-add call -> disk usable in L2 (ms)" hp_readd_ms hp_readd_ms ""
 echo "compare: [a] both from L1: /proc/uptime before the spawn to the first line on the VMM's stdout (earlyprintk/earlycon), a proxy for the first guest instruction"
 echo "compare: [b] ours: the VMM's info log 'vCPUs start N ms after the VMM started' (10 ms resolution, after the DMA map); QEMU: no such log, its first L2 console line [a] is the proxy"
 echo "compare: QEMU starts through /opt/qemu/bin/qemu (sh wrapper + ld.so + ~50 shared libraries), counted in its times; ours is one static binary"
