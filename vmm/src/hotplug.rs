@@ -58,6 +58,10 @@ pub struct HotplugTimeouts {
     pub remove: Duration,
     /// Between looks at the slot.
     pub poll: Duration,
+    /// After the guest powered a slot off, for it to finish (power indicator off). Linux
+    /// ignores a presence change within a second of the power-off; a device added back
+    /// in that second would wait out the 5 s button delay instead of coming at once.
+    pub settle: Duration,
 }
 
 impl Default for HotplugTimeouts {
@@ -66,6 +70,7 @@ impl Default for HotplugTimeouts {
             add: Duration::from_secs(20),
             remove: Duration::from_secs(30),
             poll: Duration::from_millis(10),
+            settle: Duration::from_secs(3),
         }
     }
 }
@@ -518,6 +523,10 @@ impl DeviceHotplug for PciHotplug {
                     ),
                 ));
             }
+            // Best effort: a guest that never darkens the indicator only costs this wait.
+            self.wait(&port, self.timeouts.settle, |p| {
+                p.slot().powered_off_settled()
+            });
         }
         self.tear_down(index, id);
         lock(&port).eject();

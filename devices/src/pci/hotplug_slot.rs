@@ -188,6 +188,13 @@ impl HotplugSlot {
         !self.powered()
     }
 
+    /// The guest is done powering the slot off: power off and the power indicator dark.
+    /// Linux's pciehp turns the indicator off a second after cutting power, and drops any
+    /// presence change that comes within that second as caused by the power-off.
+    pub fn powered_off_settled(&self) -> bool {
+        !self.powered() && self.control & SLTCTL_PIC == SLTCTL_PWR_IND_OFF
+    }
+
     /// Whether an enabled event is pending (the level the interrupt edge is taken from).
     fn pending(&self) -> bool {
         self.control & SLTCTL_HPIE != 0
@@ -364,6 +371,18 @@ mod tests {
         assert!(!s.eject(), "PDC is not enabled");
         assert_eq!(s.status(), SLTSTA_PDC);
         assert_eq!(s.status() & SLTSTA_DLLSC, 0, "link was already down");
+    }
+
+    #[test]
+    fn power_off_settles_when_the_indicator_goes_dark() {
+        let mut s = HotplugSlot::new(1, false);
+        write_control(&mut s, PCIEHP_ENABLE | SLTCTL_PWR_IND_ON);
+        assert!(!s.powered_off_settled(), "powered");
+        // pciehp cuts power first and darkens the indicator a second later.
+        rmw(&mut s, SLTCTL_PCC, SLTCTL_PCC);
+        assert!(s.powered_off() && !s.powered_off_settled());
+        rmw(&mut s, SLTCTL_PIC, SLTCTL_PWR_IND_OFF);
+        assert!(s.powered_off_settled());
     }
 
     #[test]

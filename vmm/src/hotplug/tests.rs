@@ -312,6 +312,7 @@ impl Rig {
                 add: Duration::from_secs(5),
                 remove: Duration::from_secs(5),
                 poll: Duration::from_millis(1),
+                settle: Duration::from_secs(1),
             },
         );
         let stop = Arc::new(AtomicBool::new(false));
