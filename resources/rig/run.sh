@@ -161,6 +161,13 @@ rig_symbolize() {
     done
 }
 
+# rig_regs_of_sample N : the register lines (RIP/PC and general registers) of sample N of
+# the stall file being written.
+rig_regs_of_sample() {
+    awk -v n="$1" '/^=== sample / { s = $3 } s == n && /^ ?(RAX|RBX|RCX|RDX|RSI|RDI|RBP|RSP|R8 |R9 |R1[0-5]|RIP|PC|X[0-9][0-9])=/' \
+        "$LOG_DIR/stall.txt.part" 2>/dev/null
+}
+
 # The stall watch: an L1 whose console is silent for RIG_STALL_S seconds is frozen (seen on
 # x86_64, docs/rig-reliability.md). Three samples of its vCPUs' state, 2 s apart, show whether
 # it spins (and where) or sleeps; then QEMU is stopped rather than left to the timeout.
@@ -172,7 +179,7 @@ rig_stall_watch() {
         kill -0 "$(cat "$WORK/qemu.pid")" 2>/dev/null || return 0
         age=$(($(date +%s) - $(stat -c %Y "$SERIAL")))
         [ "$age" -ge "$stall" ] || continue
-        echo "$age" >"$LOG_DIR/.stalled"
+        echo "verdict: not sampled" >"$LOG_DIR/.stalled"
         {
             echo "L1 console silent for ${age}s; QEMU's view of the vCPUs, three samples 2 s apart"
             rig_monitor "" >/dev/null # the banner
@@ -188,6 +195,13 @@ rig_stall_watch() {
                 [ "$ARCH" = x86_64 ] && rig_monitor "info lapic"
                 sleep 2
             done
+            # The verdict: the same registers over the samples is a vCPU that no longer moves.
+            if [ "$(rig_regs_of_sample 1)" = "$(rig_regs_of_sample 3)" ]; then
+                echo "verdict: frozen (every vCPU's registers unchanged over 4 s)" >"$LOG_DIR/.stalled"
+            else
+                echo "verdict: silent but running (L1's vCPUs moved between samples: a scenario waiting without output, or an L2 stuck)" >"$LOG_DIR/.stalled"
+            fi
+            cat "$LOG_DIR/.stalled"
             echo "=== the sampled PCs in L1's System.map (an L2 PC names nothing sensible)"
             rig_symbolize "$(dirname "$KERNEL")/System.map" "$LOG_DIR/stall.txt.part"
         } >"$LOG_DIR/stall.txt.part" 2>&1
@@ -236,7 +250,7 @@ GUEST_UP=$(sed -n 's/^RIG-INIT: up .* uptime=\([0-9.]*\)s.*/\1/p' "$SERIAL" | he
 
 RESULT=PASS RC=0 WHY=""
 if [ -f "$LOG_DIR/.stalled" ]; then
-    RESULT=FAIL RC=124 WHY="L1 froze: no console output for $(cat "$LOG_DIR/.stalled")s; vCPU state in $LOG_DIR/stall.txt"
+    RESULT=FAIL RC=124 WHY="no console output from L1 for ${STALL}s ($(sed 's/^verdict: //' "$LOG_DIR/.stalled")); vCPU state in $LOG_DIR/stall.txt"
     rm -f "$LOG_DIR/.stalled"
 elif [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then
     RESULT=FAIL RC=124 WHY="timeout after ${TIMEOUT}s"

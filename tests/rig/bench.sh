@@ -12,12 +12,16 @@ case "$ARCH" in
     x86_64) CONSOLE="console=ttyS0 reboot=k panic=-1 no_timer_check i8042.noaux i8042.nomux i8042.dumbkbd" ;;
     aarch64) CONSOLE="console=ttyS0 earlycon panic=-1" ;;
 esac
-run_l2() { # NAME ARGS... : boot L2, keep its log in /tmp/NAME.log, print wall seconds
+run_l2() { # NAME ARGS... : boot L2 (console on L1's, prefixed "L2| ", kept in /tmp/NAME.log;
+    # 300 s at most), print wall seconds
     name=$1
     shift
     s=$(cut -d' ' -f1 /proc/uptime)
-    /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz --vcpus 2 --memory 512M \
-        --log-level info "$@" > /tmp/$name.log 2>&1 || fail "$name: vmm failed: $(tail -3 /tmp/$name.log)"
+    ( timeout 300 /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz --vcpus 2 \
+        --memory 512M --log-level info "$@" 2>&1; echo $? >/tmp/$name.status ) |
+        tee /tmp/$name.log | sed 's/^/L2| /'
+    st=$(cat /tmp/$name.status)
+    [ "$st" = 0 ] || fail "$name: vmm exited with status $st (124: timed out after 300 s)"
     e=$(cut -d' ' -f1 /proc/uptime)
     grep -q "^L2-REPORT done" /tmp/$name.log || fail "$name: no L2 report"
     echo "BENCH $name wall_s=$(awk "BEGIN{print $e-$s}")"

@@ -92,7 +92,8 @@ stamp_console() {
         case "$line" in
             "L2-HP ready"* | "L2-HP blk sig="* | "L2-HP blk gone"* | "L2-HP blk back"*)
                 read -r t _ </proc/uptime
-                echo "${line%% sig=*}=$t" | sed 's/^L2-HP //; s/ /_/g' >>"$1.t" ;;
+                # Console lines end in CR: "L2-HP blk gone" would keep it in its key.
+                echo "${line%% sig=*}=$t" | tr -d '\r' | sed 's/^L2-HP //; s/ /_/g' >>"$1.t" ;;
         esac
         if [ -z "$init" ]; then
             case "$line" in
