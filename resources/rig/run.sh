@@ -195,15 +195,22 @@ rig_stall_watch() {
                 [ "$ARCH" = x86_64 ] && rig_monitor "info lapic"
                 sleep 2
             done
-            # The verdict: the same registers over the samples is a vCPU that no longer moves.
-            if [ "$(rig_regs_of_sample 1)" = "$(rig_regs_of_sample 3)" ]; then
-                echo "verdict: frozen (every vCPU's registers unchanged over 4 s)" >"$LOG_DIR/.stalled"
+            syms=$(rig_symbolize "$(dirname "$KERNEL")/System.map" "$LOG_DIR/stall.txt.part")
+            # The verdict. Halted (x86 HLT=1) or every PC in an idle function: L1 waits for
+            # interrupts. Otherwise the same registers in the first and last sample: a vCPU
+            # that no longer moves. Otherwise L1 runs and just prints nothing.
+            if grep -q "HLT=1" "$LOG_DIR/stall.txt.part" ||
+                { [ -n "$syms" ] && ! echo "$syms" | grep -vqi "idle"; }; then
+                verdict="idle (L1's vCPUs wait for interrupts: a scenario waiting without output, or an L2 gone quiet)"
+            elif [ "$(rig_regs_of_sample 1)" = "$(rig_regs_of_sample 3)" ]; then
+                verdict="frozen (every vCPU's registers unchanged over 4 s)"
             else
-                echo "verdict: silent but running (L1's vCPUs moved between samples: a scenario waiting without output, or an L2 stuck)" >"$LOG_DIR/.stalled"
+                verdict="silent but running (L1's vCPUs moved between samples)"
             fi
-            cat "$LOG_DIR/.stalled"
+            echo "verdict: $verdict" >"$LOG_DIR/.stalled"
+            echo "verdict: $verdict"
             echo "=== the sampled PCs in L1's System.map (an L2 PC names nothing sensible)"
-            rig_symbolize "$(dirname "$KERNEL")/System.map" "$LOG_DIR/stall.txt.part"
+            echo "$syms"
         } >"$LOG_DIR/stall.txt.part" 2>&1
         mv "$LOG_DIR/stall.txt.part" "$LOG_DIR/stall.txt"
         kill "$(cat "$WORK/qemu.pid")" 2>/dev/null
