@@ -5,9 +5,11 @@
 #   tests/fuzz.sh --smoke [SECONDS]   every target for SECONDS (default 5): they build and run
 #   tests/fuzz.sh --list              the targets
 #
-# Installs cargo-afl on first use (cargo install; a few minutes cold). Builds the harness in
-# tests/fuzz/afl into target/afl, seeds from tests/fuzz/seeds/TARGET, and keeps findings in
-# target/afl-out/TARGET (FUZZ_OUT overrides). Prints executions per second and the number
+# Installs cargo-afl (the version of tests/fuzz/afl's afl crate) on first use into the cache
+# outside the repo ($RIG_CACHE, default ~/.cache/iommufd-vmm-rig: cargo-afl-VERSION/; a few
+# minutes cold, then reused by every clone), builds the harness in tests/fuzz/afl into the
+# cache too (fuzz-target/; cargo rebuilds what changed), seeds from tests/fuzz/seeds/TARGET,
+# and keeps findings in target/afl-out/TARGET (FUZZ_OUT overrides). Prints executions per second and the number
 # of crashes per target; fails if a target crashed (each crash file is an input to keep as a
 # regression unit test once fixed). Runs at nice 19.
 set -euo pipefail
@@ -15,27 +17,45 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 ROOT=$PWD
 OUT=${FUZZ_OUT:-$ROOT/target/afl-out}
-TARGET_DIR=$ROOT/target/afl
+CACHE=${RIG_CACHE:-$HOME/.cache/iommufd-vmm-rig}
+TARGET_DIR=${FUZZ_TARGET_DIR:-$CACHE/fuzz-target}
+# cargo-afl must match the afl crate the harness links.
+AFL_VERSION=$(awk '/^name = "afl"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$ROOT/tests/fuzz/afl/Cargo.lock")
+AFL_ROOT=$CACHE/cargo-afl-$AFL_VERSION
+export PATH="$AFL_ROOT/bin:$PATH"
+# cargo-afl keeps the AFL++ it builds under XDG_DATA_HOME: in the cache as well.
+export XDG_DATA_HOME=$CACHE/xdg
 
 targets() { ls "$ROOT/tests/fuzz/seeds"; }
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
 ensure_cargo_afl() {
-    if cargo afl --version >/dev/null 2>&1; then
-        return
-    fi
+    [ -x "$AFL_ROOT/bin/cargo-afl" ] && return
     if ! command -v cargo >/dev/null; then
         echo "fuzz: cargo is not installed (needs rustup's toolchain)" >&2
         exit 1
     fi
-    echo "fuzz: installing cargo-afl (first use; it builds AFL++, a few minutes)"
+    [ -n "$AFL_VERSION" ] || { echo "fuzz: no afl crate in tests/fuzz/afl/Cargo.lock" >&2; exit 1; }
+    echo "fuzz: installing cargo-afl $AFL_VERSION into $AFL_ROOT (first use; it builds AFL++, a few minutes)"
     local start=$SECONDS
-    nice -n 19 cargo install --locked cargo-afl
+    mkdir -p "$CACHE"
+    nice -n 19 cargo install --locked --root "$AFL_ROOT" --version "$AFL_VERSION" cargo-afl
     echo "fuzz: cargo-afl installed in $((SECONDS - start)) s"
+}
+
+# AFL++ itself, built by cargo-afl once per rustc and cargo-afl version.
+ensure_aflplusplus() {
+    local id
+    id=$(rustc -vV | awk '/^release:/ { r = $2 } /^commit-hash:/ { h = substr($2, 1, 7) } END { print "rustc-" r "-" h }')
+    [ -d "$XDG_DATA_HOME/afl.rs/$id/afl.rs-$AFL_VERSION" ] && return
+    echo "fuzz: building AFL++ for $id (first use; a few minutes)"
+    local start=$SECONDS
+    nice -n 19 cargo afl config --build
+    echo "fuzz: AFL++ built in $((SECONDS - start)) s"
 }
 
 build() {
@@ -76,6 +96,7 @@ case "${1:-}" in
 --smoke)
     secs=${2:-5}
     ensure_cargo_afl
+    ensure_aflplusplus
     build
     failed=0
     for t in $(targets); do
@@ -87,6 +108,7 @@ case "${1:-}" in
 *)
     [ $# = 2 ] || usage
     ensure_cargo_afl
+    ensure_aflplusplus
     build
     fuzz "$1" "$2"
     ;;

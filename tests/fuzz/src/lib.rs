@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+pub mod api_request;
 mod input;
 #[cfg(target_arch = "x86_64")]
 pub mod loaders;
@@ -16,6 +17,7 @@ pub mod memory_map;
 pub mod pci_config;
 #[cfg(test)]
 mod seeds;
+pub mod smmuv3;
 pub mod virtqueue;
 
 pub use input::Input;
@@ -30,6 +32,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     #[cfg(target_arch = "x86_64")]
     ("loaders", loaders::run),
     ("memory_map", memory_map::run),
+    ("api_request", api_request::run),
+    ("smmuv3", smmuv3::run),
 ];
 
 #[cfg(test)]

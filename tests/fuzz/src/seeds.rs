@@ -302,6 +302,159 @@ fn memory_map_seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![("x86-512m-msi", small), ("4g-three-devices", big)]
 }
 
+fn api_request_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    fn put(path: &str, body: &str) -> String {
+        format!(
+            "PUT /api/v1/{path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+    let get = |path: &str| format!("GET /api/v1/{path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let add = put(
+        "vm.add-device",
+        r#"{"path":"/sys/bus/pci/devices/0000:00:03.0","id":"disk","iommu":false}"#,
+    );
+    let seeds = [
+        ("ping", get("vmm.ping")),
+        ("info", get("vm.info")),
+        ("add", add.clone()),
+        ("remove", put("vm.remove-device", r#"{"id":"disk"}"#)),
+        (
+            "pipelined",
+            format!(
+                "{}{}{}{}",
+                get("vmm.ping"),
+                put("vm.pause", ""),
+                put("vm.resume", ""),
+                add
+            ),
+        ),
+        ("bad_json", put("vm.add-device", r#"{"path": 3,"#)),
+        (
+            "unknown_field",
+            put("vm.remove-device", r#"{"id":"a","x":1}"#),
+        ),
+        (
+            "too_big",
+            "PUT /api/v1/vm.add-device HTTP/1.1\r\nContent-Length: 999999\r\n\r\n{".to_string(),
+        ),
+        (
+            "wrong_method",
+            "DELETE /api/v1/vm.info HTTP/1.1\r\n\r\n".to_string(),
+        ),
+        (
+            "shutdown_close",
+            put("vm.shutdown", "").replace("Host: localhost", "Connection: close"),
+        ),
+    ];
+    seeds
+        .into_iter()
+        .flat_map(|(name, req)| {
+            // Whole, and in 7-byte pieces (the first byte sets the piece size).
+            let mut whole = vec![255u8];
+            whole.extend_from_slice(req.as_bytes());
+            let mut pieces = vec![6u8];
+            pieces.extend_from_slice(req.as_bytes());
+            [(name, whole), (name, pieces)]
+        })
+        .enumerate()
+        .map(|(i, (name, data))| {
+            (
+                if i % 2 == 0 {
+                    name
+                } else {
+                    leak(format!("{name}_pieces"))
+                },
+                data,
+            )
+        })
+        .collect()
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// The SMMUv3 target's input ops (see crate::smmuv3).
+struct SmmuOps(Vec<u8>);
+
+impl SmmuOps {
+    fn reg(&mut self, offset: u64, value: u64, wide: bool) -> &mut Self {
+        self.0.push(0);
+        self.0.extend_from_slice(&(offset as u32).to_le_bytes());
+        self.0.extend_from_slice(&value.to_le_bytes());
+        self.0.push(u8::from(wide));
+        self
+    }
+    fn ram(&mut self, addr: u32, bytes: &[u8]) -> &mut Self {
+        self.0.push(2);
+        self.0.extend_from_slice(&addr.to_le_bytes());
+        self.0.push(bytes.len() as u8);
+        self.0.extend_from_slice(bytes);
+        self
+    }
+    fn read(&mut self, offset: u64) -> &mut Self {
+        self.0.push(1);
+        self.0.extend_from_slice(&(offset as u32).to_le_bytes());
+        self.0.push(2);
+        self
+    }
+}
+
+fn smmuv3_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use devices::smmuv3::regs::*;
+    const STRTAB: u64 = 0x10_0000;
+    const CMDQ: u64 = 0x20_0000;
+    const EVENTQ: u64 = 0x30_0000;
+    let words = |w: &[u64]| w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    // The driver's bring-up: bypass off, tables, queues, interrupts, enable.
+    let mut up = SmmuOps(Vec::new());
+    up.read(IDR0)
+        .read(IDR1)
+        .reg(GBPA, u64::from(GBPA_UPDATE | GBPA_ABORT), false)
+        .reg(STRTAB_BASE, STRTAB, true)
+        .reg(STRTAB_BASE_CFG, 5, false)
+        .reg(CMDQ_BASE, CMDQ | 8, true)
+        .reg(EVENTQ_BASE, EVENTQ | 2, true)
+        .reg(
+            IRQ_CTRL,
+            u64::from(IRQ_CTRL_GERROR_IRQEN | IRQ_CTRL_EVENTQ_IRQEN),
+            false,
+        )
+        .reg(CR0, u64::from(CR0_CMDQEN | CR0_EVENTQEN), false)
+        .reg(CR0, u64::from(CR0_IMPLEMENTED), false);
+    let bring_up = up.0.clone();
+    // Then a bypass STE for StreamID 8, CFGI_STE for it and a CMD_SYNC.
+    let mut ste = up;
+    ste.ram((STRTAB + 8 * 64) as u32, &words(&[1 | (4 << 1), 0]))
+        .ram(CMDQ as u32, &words(&[0x03 | (8 << 32), 1, 0x46, 0]))
+        .reg(CMDQ_PROD, 2, false)
+        .read(CMDQ_CONS)
+        .read(GERROR);
+    // An illegal command: CERROR_ILL and GERROR.
+    let mut bad = SmmuOps(bring_up.clone());
+    bad.ram(CMDQ as u32, &words(&[0xff, 0]))
+        .reg(CMDQ_PROD, 1, false)
+        .read(GERROR)
+        .read(CMDQ_CONS);
+    // Host events while the event queue is on, then the guest consumes them.
+    let mut events = SmmuOps(bring_up.clone());
+    for i in 0..6u64 {
+        events.0.push(3);
+        events.0.push(0);
+        events
+            .0
+            .extend_from_slice(&words(&[0x10 | (8 << 32), i, 0x1000 * i, 0]));
+    }
+    events.reg(EVENTQ_CONS, 3, false).read(EVENTQ_PROD);
+    vec![
+        ("bring_up", bring_up),
+        ("bypass_ste", ste.0),
+        ("illegal_command", bad.0),
+        ("events", events.0),
+    ]
+}
+
 #[test]
 #[ignore = "rewrites the seed corpus; run by hand after changing a target's input format"]
 fn write_seeds() {
@@ -310,6 +463,8 @@ fn write_seeds() {
         ("virtqueue", virtqueue_seeds()),
         ("pci_config", pci_seeds()),
         ("memory_map", memory_map_seeds()),
+        ("api_request", api_request_seeds()),
+        ("smmuv3", smmuv3_seeds()),
     ];
     #[cfg(target_arch = "x86_64")]
     all.push(("loaders", loader_seeds()));
@@ -336,4 +491,14 @@ fn seeds_reach_their_paths() {
         .filter(|(_, d)| passthrough::plan(&crate::memory_map::request(d)).is_ok())
         .count();
     assert_eq!(plans, 2);
+    let installs: Vec<(&str, usize)> = smmuv3_seeds()
+        .iter()
+        .map(|(name, d)| (*name, crate::smmuv3::test_installs(d)))
+        .collect();
+    assert!(
+        installs
+            .iter()
+            .any(|&(name, n)| name == "bypass_ste" && n > 0),
+        "{installs:?}"
+    );
 }
