@@ -87,6 +87,14 @@ pub struct FaultyIommufd {
 }
 
 impl FaultyIommufd {
+    /// `model`, counting its calls in `faults`, shared as the VMM shares an iommufd.
+    pub fn shared(model: ModelIommufd, faults: &Arc<Faults>) -> Arc<Mutex<FaultyIommufd>> {
+        Arc::new(Mutex::new(FaultyIommufd {
+            model,
+            faults: faults.clone(),
+        }))
+    }
+
     fn at(&mut self, what: &'static str) -> &mut ModelIommufd {
         if self.faults.hit(what) {
             self.model.fail_nth(1, libc::ENOMEM);
@@ -256,6 +264,16 @@ pub struct FaultyKvm {
     pub faults: Arc<Faults>,
 }
 
+impl FaultyKvm {
+    /// A fresh fake, counting its calls in `faults`.
+    pub fn shared(faults: &Arc<Faults>) -> Arc<FaultyKvm> {
+        Arc::new(FaultyKvm {
+            kvm: FakeKvmVfio::default(),
+            faults: faults.clone(),
+        })
+    }
+}
+
 impl KvmVfio for FaultyKvm {
     fn add_file(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         if self.faults.hit("KVM_DEV_VFIO_FILE_ADD") {
@@ -277,6 +295,16 @@ pub struct FaultySlots {
     pub slots: FakeMemslots,
     /// The shared counter.
     pub faults: Arc<Faults>,
+}
+
+impl FaultySlots {
+    /// Fresh fake slots, counting their calls in `faults`.
+    pub fn shared(faults: &Arc<Faults>) -> Arc<FaultySlots> {
+        Arc::new(FaultySlots {
+            slots: FakeMemslots::default(),
+            faults: faults.clone(),
+        })
+    }
 }
 
 impl GuestMemslots for FaultySlots {

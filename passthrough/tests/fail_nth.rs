@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::pci::{BarReprogram, MsiInterruptGroup, PciBarKind, PciDevice};
 use passthrough::faulty::{Faults, FaultyIommufd, FaultyKvm, FaultySlots, FaultyVfio};
-use passthrough::hypervisor::{FakeInterruptGroup, FakeKvmVfio, FakeMemslots};
+use passthrough::hypervisor::FakeInterruptGroup;
 use passthrough::iommufd::{DeviceHandle, MapSource};
 use passthrough::passthrough_device::{PassthroughDevice, VfioOpener, VmPassthrough};
 use passthrough::vfio_device::VfioDevice;
@@ -113,19 +113,10 @@ fn released_by(call: &str) -> Option<Kind> {
 fn run(fail_at: u64, memfd: Option<BorrowedFd<'_>>) -> (Outcome, Vec<&'static str>) {
     let fds_before = open_fds();
     let faults = Faults::new(fail_at);
-    let model = Arc::new(Mutex::new(FaultyIommufd {
-        model: ModelIommufd::with_page_size(4096),
-        faults: faults.clone(),
-    }));
+    let model = FaultyIommufd::shared(ModelIommufd::with_page_size(4096), &faults);
     let shared: passthrough::SharedIommufd = model.clone();
-    let kvm = Arc::new(FaultyKvm {
-        kvm: FakeKvmVfio::default(),
-        faults: faults.clone(),
-    });
-    let slots = Arc::new(FaultySlots {
-        slots: FakeMemslots::default(),
-        faults: faults.clone(),
-    });
+    let kvm = FaultyKvm::shared(&faults);
+    let slots = FaultySlots::shared(&faults);
     let fakes = [FakeVfioDevice::virtio_blk(), FakeVfioDevice::edu()];
     let handles: Vec<FakeVfioHandle> = fakes.iter().map(|d| d.handle()).collect();
     let mut opener = FaultyOpener {

@@ -18,10 +18,7 @@ use passthrough::passthrough_device::VfioOpener;
 use passthrough::ram_dma::SharedIommufd;
 use passthrough::vfio_cdev::PciPassthroughDevice;
 use passthrough::vfio_device::VfioDevice;
-use passthrough::{
-    FakeKvmVfio, FakeMemslots, FakeVfioDevice, ModelDevice, ModelIommufd, ReservedKind,
-    ReservedRegion,
-};
+use passthrough::{FakeVfioDevice, ModelDevice, ModelIommufd, ReservedKind, ReservedRegion};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -206,6 +203,9 @@ struct Rig {
     guest: Option<JoinHandle<()>>,
 }
 
+/// The VM's IOAS, its mappings and its allowed ranges.
+type IoasState = (passthrough::IoasId, Vec<IovaRange>, Vec<IovaRange>);
+
 /// What must come back after a device leaves.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
@@ -225,19 +225,10 @@ fn path(name: &str) -> PathBuf {
 impl Rig {
     fn new(ports: u8, guest: Guest) -> Rig {
         let faults = Faults::new(0);
-        let model = Arc::new(Mutex::new(FaultyIommufd {
-            model: ModelIommufd::with_page_size(PAGE),
-            faults: faults.clone(),
-        }));
+        let model = FaultyIommufd::shared(ModelIommufd::with_page_size(PAGE), &faults);
         let shared: SharedIommufd = model.clone();
-        let kvm = Arc::new(FaultyKvm {
-            kvm: FakeKvmVfio::default(),
-            faults: faults.clone(),
-        });
-        let slots = Arc::new(FaultySlots {
-            slots: FakeMemslots::default(),
-            faults: faults.clone(),
-        });
+        let kvm = FaultyKvm::shared(&faults);
+        let slots = FaultySlots::shared(&faults);
         let irq = Arc::new(InterruptManager::new(
             Arc::new(FaultyRouting {
                 routing: FakeRouting::default(),
@@ -361,7 +352,7 @@ impl Rig {
         })
     }
 
-    fn ioas_state(&self) -> Option<(passthrough::IoasId, Vec<IovaRange>, Vec<IovaRange>)> {
+    fn ioas_state(&self) -> Option<IoasState> {
         let ioas = lock(&self.pt).ioas()?;
         let m = &lock(&self.model).model;
         Some((ioas, m.mappings(ioas), m.allowed(ioas)))

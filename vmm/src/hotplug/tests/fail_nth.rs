@@ -48,6 +48,19 @@ fn devices_closed(rig: &Rig, skip: usize) -> bool {
         .all(|h| !h.is_open() && h.live_mappings() == 0)
 }
 
+/// A fresh rig (with device b cold-plugged when `beside`), what it holds, its IOAS state and
+/// how many devices it has opened.
+fn sweep_rig(beside: bool) -> (Rig, Snapshot, Option<IoasState>, usize) {
+    let mut rig = Rig::new(1, Guest::Pciehp);
+    if beside {
+        rig.cold_plug("b");
+    }
+    let before = rig.snapshot();
+    let ioas = rig.ioas_state();
+    let opened = lock(&rig.handles).len();
+    (rig, before, ioas, opened)
+}
+
 #[test]
 fn every_failing_call_of_an_add_gives_one_error_and_leaves_nothing() {
     // As the first device (the add creates the IOAS and maps RAM) and beside a cold-plugged
@@ -60,13 +73,7 @@ fn every_failing_call_of_an_add_gives_one_error_and_leaves_nothing() {
 fn add_sweep(beside: bool) {
     let mut tried = 0;
     for n in 1.. {
-        let mut rig = Rig::new(1, Guest::Pciehp);
-        if beside {
-            rig.cold_plug("b");
-        }
-        let before = rig.snapshot();
-        let ioas_before = rig.ioas_state();
-        let opened = lock(&rig.handles).len();
+        let (mut rig, before, ioas_before, opened) = sweep_rig(beside);
         rig.faults.fail_after(n);
         let result = rig.add("a");
         let Some(call) = rig.faults.failed() else {
@@ -133,13 +140,7 @@ fn every_failing_call_of_a_remove_completes_and_leaves_at_most_what_it_could_not
 fn remove_sweep(beside: bool) {
     let mut tried = 0;
     for n in 1.. {
-        let mut rig = Rig::new(1, Guest::Pciehp);
-        if beside {
-            rig.cold_plug("b");
-        }
-        let before = rig.snapshot();
-        let ioas_before = rig.ioas_state();
-        let opened = lock(&rig.handles).len();
+        let (mut rig, before, ioas_before, opened) = sweep_rig(beside);
         rig.add("a").unwrap();
         rig.faults.fail_after(n);
         let result = rig.hp.remove_device("a");
