@@ -170,14 +170,25 @@ fn boots_a_plain_linked_multiboot_kernel_with_a_segment_below_1m() {
 }
 
 #[test]
-fn boots_tiny_guest_1_vcpu_256m_memfd() {
+fn boots_tiny_guest_1_vcpu_256m_each_memory_backing() {
     require_kvm!();
-    let out = Command::new(VMM)
-        .args(["--kernel", TINY_GUEST_ELF64, "--memory", "256M", "--memfd"])
-        .args(["--cmdline", "exit=4"])
-        .output()
-        .unwrap();
-    check_guest(&out, 1, 256, 4);
+    // memfd is the default; --memfd is its old spelling.
+    for backing in [&["--memory-backing", "anon"][..], &["--memfd"][..], &[][..]] {
+        let out = Command::new(VMM)
+            .args(["--kernel", TINY_GUEST_ELF64, "--memory", "256M"])
+            .args(["--cmdline", "exit=4", "--log-level", "info"])
+            .args(backing)
+            .output()
+            .unwrap();
+        check_guest(&out, 1, 256, 4);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let want = if backing.contains(&"anon") {
+            "guest RAM: 256 MiB, anonymous"
+        } else {
+            "guest RAM: 256 MiB, memfd"
+        };
+        assert!(stderr.contains(want), "{backing:?}: {stderr}");
+    }
 }
 
 #[test]
@@ -225,7 +236,7 @@ fn boots_tiny_guest_on_hugepages() {
         eprintln!("SKIPPED: fewer than 32 free 2 MiB huge pages (set /proc/sys/vm/nr_hugepages)");
         return;
     }
-    for backend in [&[][..], &["--memfd"][..]] {
+    for backend in [&["--memory-backing", "anon"][..], &[][..]] {
         let out = Command::new(VMM)
             .args([
                 "--kernel",

@@ -37,10 +37,10 @@ echo "BENCH emulated-virtio-blk read_MBps=$(get emulated bench_read_mbps) write_
 BLK=$(find_pci 1af4 1042)
 [ -n "$BLK" ] || fail "virtio-blk not found"
 bind_vfio "$BLK"
-run_l2 passthrough --cmdline "$CONSOLE l2.bench=1" --device path=/sys/bus/pci/devices/$BLK
+run_l2 passthrough --cmdline "$CONSOLE l2.bench=1" --device path=/sys/bus/pci/devices/$BLK --memory-backing anon
 echo "BENCH passthrough-virtio-blk read_MBps=$(get passthrough bench_read_mbps) write_MBps=$(get passthrough bench_write_mbps)"
 sed -n 's/.*info: \(passthrough: .*\)/BENCH anon \1/p; s/.*info: \(vCPUs start .*\)/BENCH anon \1/p' /tmp/passthrough.log
-run_l2 passthrough-memfd --cmdline "$CONSOLE" --device path=/sys/bus/pci/devices/$BLK --memfd
+run_l2 passthrough-memfd --cmdline "$CONSOLE" --device path=/sys/bus/pci/devices/$BLK --memory-backing memfd
 sed -n 's/.*info: \(passthrough: .*\)/BENCH memfd \1/p; s/.*info: \(vCPUs start .*\)/BENCH memfd \1/p' /tmp/passthrough-memfd.log
 if [ "$ARCH" = aarch64 ]; then
     K=$(sed -n 's/.*rig\.bench_runs=\([0-9]*\).*/\1/p' /proc/cmdline)

@@ -18,7 +18,9 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
 
-use crate::config::{ConfigError, HostLimits, SerialConfig, VmConfig, HUGE_PAGE_2M, KIB};
+use crate::config::{
+    ConfigError, HostLimits, HugePages, MemoryBackend, SerialConfig, VmConfig, HUGE_PAGE_2M, KIB,
+};
 use crate::control::{ApiEvents, VmControl};
 use crate::device_hotplug::NoHotplug;
 use crate::interrupts::kvm::KvmRouting;
@@ -105,11 +107,10 @@ fn dev_err(e: impl std::fmt::Display) -> BuilderError {
 }
 
 /// What the host can give: KVM's vCPU limit and the RAM it has (hugetlb pages if asked).
-fn host_limits(vm: &Vm, hugepages: bool) -> HostLimits {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+fn host_limits(meminfo: &str, vm: &Vm, hugepages: bool) -> HostLimits {
     HostLimits {
         max_vcpus: vm.max_vcpus().min(machine::MAX_VCPUS),
-        max_memory: host_memory(&meminfo, hugepages),
+        max_memory: host_memory(meminfo, hugepages),
     }
 }
 
@@ -220,8 +221,11 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         crate::seccomp::install(&crate::seccomp::filters::DEVICE_WORKER).map_err(|e| e.to_string())
     });
 
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let config = &config.resolved(&meminfo);
+    let hugepages = config.hugepages == HugePages::On;
     let vm = Vm::new()?;
-    config.validate(&host_limits(&vm, config.hugepages))?;
+    config.validate(&host_limits(&meminfo, &vm, hugepages))?;
 
     // Passthrough devices are found and their host ranges read before RAM is placed, so the
     // plan keeps RAM off every reserved/MSI range.
@@ -229,7 +233,20 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
     let host_ranges = passthrough.as_ref().map(|p| p.ranges()).unwrap_or_default();
     let (ram, memory_map) = machine::plan_ram(config.memory, host_ranges)?;
     let ranges: Vec<(GuestAddress, usize)> = ram.iter().map(|&(a, s)| (a, s as usize)).collect();
-    let mem = create_guest_memory(&ranges, config.backend, config.hugepages)?;
+    let mem = create_guest_memory(&ranges, config.backend, hugepages)?;
+    log::info!(
+        "guest RAM: {} MiB, {}, {}",
+        config.memory >> 20,
+        match config.backend {
+            MemoryBackend::Memfd => "memfd",
+            MemoryBackend::Anonymous => "anonymous",
+        },
+        if hugepages {
+            "2 MiB hugetlb pages"
+        } else {
+            "small pages (transparent huge pages advised)"
+        }
+    );
     machine::before_vcpus(&vm)?;
     vm.register_memory(&mem)?;
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{ConfigError, MemoryBackend, SerialConfig, Size, VmConfig};
+use crate::config::{ConfigError, HugePages, MemoryBackend, SerialConfig, Size, VmConfig};
 use crate::seccomp::SeccompMode;
 
 const AFTER_HELP: &str = "\
@@ -63,13 +63,28 @@ pub struct Cli {
     #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio")]
     pub serial: String,
 
-    /// Back guest RAM with a memfd instead of anonymous memory.
-    #[arg(long)]
+    /// What backs guest RAM: memfd (shared file memory: passthrough pins it with
+    /// IOMMU_IOAS_MAP_FILE where the kernel has it, by address elsewhere) or anon (private
+    /// anonymous memory, transparent huge pages advised).
+    #[arg(long, value_enum, value_name = "memfd|anon", default_value_t = MemoryBacking::Memfd)]
+    pub memory_backing: MemoryBacking,
+
+    /// Same as --memory-backing memfd (the default since it became one).
+    #[arg(long, hide = true)]
     pub memfd: bool,
 
-    /// Back guest RAM with 2 MiB hugetlb pages (the host must have them reserved).
-    #[arg(long)]
-    pub hugepages: bool,
+    /// 2 MiB hugetlb pages for guest RAM: on (the host must have enough reserved, see
+    /// /proc/sys/vm/nr_hugepages), off, or auto: on when the free ones cover all of guest
+    /// RAM. A bare --hugepages means on.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "on|off|auto",
+        num_args = 0..=1,
+        default_value_t = HugePages::Auto,
+        default_missing_value = "on"
+    )]
+    pub hugepages: HugePages,
 
     /// A virtio-blk disk over a raw image file (size a multiple of 512); repeatable.
     #[arg(long, value_name = "path=FILE[,readonly=on]")]
@@ -115,6 +130,15 @@ pub struct Cli {
     pub log_level: log::LevelFilter,
 }
 
+/// `--memory-backing` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryBacking {
+    /// A memfd (shared file memory).
+    Memfd,
+    /// Private anonymous memory.
+    Anon,
+}
+
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
     s.parse().map_err(|_| {
         format!("'{s}' is not a log level: use off, error, warn, info, debug or trace")
@@ -133,10 +157,9 @@ impl Cli {
             memory: memory.0,
             vcpus: self.vcpus,
             serial,
-            backend: if self.memfd {
-                MemoryBackend::Memfd
-            } else {
-                MemoryBackend::Anonymous
+            backend: match (self.memory_backing, self.memfd) {
+                (MemoryBacking::Anon, false) => MemoryBackend::Anonymous,
+                _ => MemoryBackend::Memfd,
             },
             hugepages: self.hugepages,
             disks: self
@@ -174,8 +197,8 @@ mod tests {
         assert_eq!(c.memory, 512 * MIB);
         assert_eq!(c.vcpus, 1);
         assert_eq!(c.serial, SerialConfig::Stdio);
-        assert_eq!(c.backend, MemoryBackend::Anonymous);
-        assert!(!c.hugepages);
+        assert_eq!(c.backend, MemoryBackend::Memfd);
+        assert_eq!(c.hugepages, HugePages::Auto);
         assert_eq!(c.cmdline, "");
         assert_eq!(c.initrd, None);
     }
@@ -216,11 +239,38 @@ mod tests {
         assert_eq!(c.vcpus, 2);
         assert_eq!(c.serial, SerialConfig::File(PathBuf::from("/tmp/s")));
         assert_eq!(c.backend, MemoryBackend::Memfd);
-        assert!(c.hugepages);
+        assert_eq!(c.hugepages, HugePages::On);
         assert_eq!(c.disks.len(), 2);
         assert!(c.disks[1].readonly && !c.disks[0].readonly);
         assert!(c.rng);
         assert_eq!(c.api_socket, Some(PathBuf::from("/tmp/api.sock")));
+    }
+
+    #[test]
+    fn memory_backing_and_huge_pages() {
+        let backing = |args: &[&str]| {
+            let mut all = vec!["--kernel", "k"];
+            all.extend_from_slice(args);
+            let c = parse(&all).unwrap().into_config().unwrap();
+            (c.backend, c.hugepages)
+        };
+        assert_eq!(
+            backing(&["--memory-backing", "anon"]),
+            (MemoryBackend::Anonymous, HugePages::Auto)
+        );
+        assert_eq!(
+            backing(&["--memory-backing", "memfd", "--hugepages", "off"]),
+            (MemoryBackend::Memfd, HugePages::Off)
+        );
+        // The old flag still means memfd, even beside an explicit anon.
+        assert_eq!(
+            backing(&["--memfd", "--memory-backing", "anon"]).0,
+            MemoryBackend::Memfd
+        );
+        assert_eq!(backing(&["--hugepages"]).1, HugePages::On);
+        assert_eq!(backing(&["--hugepages", "auto"]).1, HugePages::Auto);
+        assert!(parse(&["--kernel", "k", "--memory-backing", "file"]).is_err());
+        assert!(parse(&["--kernel", "k", "--hugepages", "1G"]).is_err());
     }
 
     #[test]

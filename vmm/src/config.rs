@@ -145,10 +145,49 @@ impl FromStr for SerialConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MemoryBackend {
     /// Private anonymous memory (transparent huge pages advised).
-    #[default]
     Anonymous,
-    /// A memfd, so the RAM can be mapped by file (iommufd MAP_FILE) and shared.
+    /// A memfd, so the RAM can be mapped by file (iommufd MAP_FILE) and shared. The default:
+    /// passthrough pins it by file where the kernel can, and it can be shared later.
+    #[default]
     Memfd,
+}
+
+/// Whether guest RAM uses 2 MiB hugetlb pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum HugePages {
+    /// Always (the host must have enough reserved).
+    On,
+    /// Never.
+    Off,
+    /// When the host's free 2 MiB pages cover all of guest RAM.
+    #[default]
+    Auto,
+}
+
+impl HugePages {
+    /// Whether RAM of `memory` bytes gets huge pages on a host whose /proc/meminfo reads
+    /// `meminfo`. Auto wants the default huge page size to be 2 MiB (what MAP_HUGETLB and
+    /// MFD_HUGE_2MB give), RAM a whole number of them, and enough free ones for all of it: a
+    /// guest half on huge pages would fail at its first fault past the pool, not at start.
+    pub fn wanted(self, memory: u64, meminfo: &str) -> bool {
+        match self {
+            HugePages::On => true,
+            HugePages::Off => false,
+            HugePages::Auto => {
+                let field = |name: &str| -> Option<u64> {
+                    meminfo.lines().find_map(|l| {
+                        let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+                        rest.split_whitespace().next()?.parse().ok()
+                    })
+                };
+                field("Hugepagesize") == Some(HUGE_PAGE_2M / 1024)
+                    && memory > 0
+                    && memory.is_multiple_of(HUGE_PAGE_2M)
+                    && field("HugePages_Free")
+                        .is_some_and(|free| free.saturating_mul(HUGE_PAGE_2M) >= memory)
+            }
+        }
+    }
 }
 
 /// Everything needed to build and run a VM.
@@ -168,8 +207,8 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     /// RAM backing.
     pub backend: MemoryBackend,
-    /// Back RAM with 2 MiB hugetlb pages.
-    pub hugepages: bool,
+    /// 2 MiB hugetlb pages for RAM (Auto is settled by [`VmConfig::resolved`] at start).
+    pub hugepages: HugePages,
     /// virtio-blk disks.
     pub disks: Vec<devices::DiskConfig>,
     /// A virtio-rng device.
@@ -198,6 +237,18 @@ pub struct HostLimits {
 }
 
 impl VmConfig {
+    /// This configuration with what the host decides settled: [`HugePages::Auto`] becomes
+    /// On or Off from `meminfo` (the text of /proc/meminfo).
+    pub fn resolved(&self, meminfo: &str) -> VmConfig {
+        let mut c = self.clone();
+        c.hugepages = if self.hugepages.wanted(self.memory, meminfo) {
+            HugePages::On
+        } else {
+            HugePages::Off
+        };
+        c
+    }
+
     /// Checks the configuration against itself and the host's limits.
     pub fn validate(&self, host: &HostLimits) -> Result<(), ConfigError> {
         if self.hotplug_slots > MAX_HOTPLUG_SLOTS {
@@ -215,7 +266,7 @@ impl VmConfig {
         if self.memory < MIN_MEMORY {
             return Err(ConfigError::MemoryTooSmall(Size(self.memory)));
         }
-        let page = if self.hugepages {
+        let page = if self.hugepages == HugePages::On {
             HUGE_PAGE_2M
         } else {
             4 * KIB
@@ -249,13 +300,35 @@ mod tests {
             vcpus: 2,
             serial: SerialConfig::Stdio,
             backend: MemoryBackend::Anonymous,
-            hugepages: false,
+            hugepages: HugePages::Off,
             disks: Vec::new(),
             rng: false,
             devices: Vec::new(),
             api_socket: None,
             hotplug_slots: 0,
         }
+    }
+
+    #[test]
+    fn huge_pages_auto_takes_them_only_when_they_cover_all_of_ram() {
+        let meminfo = |free: u64, size_kb: u64| {
+            format!("MemTotal: 8000000 kB\nHugePages_Total: {free}\nHugePages_Free: {free}\nHugepagesize: {size_kb} kB\n")
+        };
+        let auto = HugePages::Auto;
+        assert!(auto.wanted(512 * MIB, &meminfo(256, 2048)));
+        assert!(!auto.wanted(512 * MIB, &meminfo(255, 2048)));
+        assert!(!auto.wanted(512 * MIB, &meminfo(0, 2048)));
+        // 1 GiB default pages: not what MAP_HUGETLB / MFD_HUGE_2MB would give.
+        assert!(!auto.wanted(512 * MIB, &meminfo(4, 1048576)));
+        // RAM not a whole number of 2 MiB pages.
+        assert!(!auto.wanted(513 * MIB, &meminfo(512, 2048)));
+        assert!(!auto.wanted(512 * MIB, ""));
+        assert!(HugePages::On.wanted(512 * MIB, ""));
+        assert!(!HugePages::Off.wanted(512 * MIB, &meminfo(1024, 2048)));
+        let mut c = cfg();
+        c.hugepages = auto;
+        assert_eq!(c.resolved(&meminfo(256, 2048)).hugepages, HugePages::On);
+        assert_eq!(c.resolved(&meminfo(1, 2048)).hugepages, HugePages::Off);
     }
 
     const HOST: HostLimits = HostLimits {
@@ -348,7 +421,7 @@ mod tests {
             Err(ConfigError::MemoryNotAligned { .. })
         ));
         c.memory = 65 * MIB;
-        c.hugepages = true;
+        c.hugepages = HugePages::On;
         assert!(matches!(
             c.validate(&HOST),
             Err(ConfigError::MemoryNotAligned { .. })

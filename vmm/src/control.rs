@@ -23,7 +23,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use passthrough::MemoryMap;
 use vmm_sys_util::epoll::EventSet;
 
-use crate::config::{MemoryBackend, VmConfig};
+use crate::config::{HugePages, MemoryBackend, VmConfig};
 use crate::device_hotplug::{AddDevice, DeviceHotplug, DeviceInfo, HotplugFault, HotplugFaultKind};
 use crate::vstate::pause::PauseGate;
 
@@ -167,7 +167,7 @@ fn config_info(c: &VmConfig) -> VmConfigInfo {
             MemoryBackend::Memfd => "memfd",
         }
         .to_string(),
-        hugepages: c.hugepages,
+        hugepages: c.hugepages == HugePages::On,
         disks: c
             .disks
             .iter()
@@ -255,7 +255,7 @@ mod tests {
             vcpus: 1,
             serial: crate::config::SerialConfig::Off,
             backend: MemoryBackend::Memfd,
-            hugepages: false,
+            hugepages: HugePages::Off,
             disks: vec![],
             rng: true,
             devices: vec![],
