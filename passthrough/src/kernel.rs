@@ -23,9 +23,9 @@ use iommufd_bindings::iommufd as b;
 use iommufd_ioctls::{IommuFd, IommufdError as LibError};
 
 use crate::iommufd::{
-    DevId, DeviceHandle, HwInfo, HwInfoType, HwptFlags, HwptId, IoasId, Iommufd, IommufdError,
-    IovaRanges, MapSource, ObjectId, Op, Prot, RangesReply, Result, SmmuCmd, VEvent, VSte,
-    VdeviceId, VeventqId, ViommuId,
+    DevId, DeviceHandle, FixedMap, HwInfo, HwInfoType, HwptFlags, HwptId, IoasId, Iommufd,
+    IommufdError, IovaRanges, MapSource, ObjectId, Op, Prot, RangesReply, Result, SmmuCmd, VEvent,
+    VSte, VdeviceId, VeventqId, ViommuId,
 };
 use crate::iova::{Iova, IovaRange};
 use crate::sys;
@@ -149,6 +149,63 @@ fn to_uapi(r: &IovaRange) -> b::iommu_iova_range {
     }
 }
 
+/// One `IOMMU_IOAS_MAP` / `IOMMU_IOAS_MAP_FILE` on `iommufd`; a free function so that
+/// the threads of `map_fixed_many` can share the fd.
+fn map_on(
+    iommufd: &IommuFd,
+    ioas: IoasId,
+    source: MapSource<'_>,
+    length: u64,
+    iova: Option<Iova>,
+    prot: Prot,
+) -> Result<Iova> {
+    let mut flags = prot.0;
+    if iova.is_some() {
+        flags |= b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
+    }
+    let want = iova.unwrap_or_default().0;
+    match source {
+        MapSource::UserVa(va) => {
+            let op = Op::Map {
+                ioas,
+                iova,
+                length,
+                file: false,
+            };
+            let mut cmd = b::iommu_ioas_map {
+                size: size_u32::<b::iommu_ioas_map>(),
+                flags,
+                ioas_id: ioas.0,
+                __reserved: 0,
+                user_va: va.0,
+                length,
+                iova: want,
+            };
+            sys::ioas_map(iommufd, &mut cmd).map_err(os(op))?;
+            Ok(Iova(cmd.iova))
+        }
+        MapSource::File { fd, offset } => {
+            let op = Op::Map {
+                ioas,
+                iova,
+                length,
+                file: true,
+            };
+            let mut cmd = b::iommu_ioas_map_file {
+                size: size_u32::<b::iommu_ioas_map_file>(),
+                flags,
+                ioas_id: ioas.0,
+                fd: fd.as_raw_fd(),
+                start: offset,
+                length,
+                iova: want,
+            };
+            sys::ioas_map_file(iommufd, &mut cmd).map_err(os(op))?;
+            Ok(Iova(cmd.iova))
+        }
+    }
+}
+
 impl Iommufd for KernelIommufd {
     fn alloc_ioas(&mut self) -> Result<IoasId> {
         let mut cmd = b::iommu_ioas_alloc {
@@ -207,51 +264,70 @@ impl Iommufd for KernelIommufd {
         iova: Option<Iova>,
         prot: Prot,
     ) -> Result<Iova> {
-        let mut flags = prot.0;
-        if iova.is_some() {
-            flags |= b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
+        map_on(&self.iommufd, ioas, source, length, iova, prot)
+    }
+
+    fn map_fixed_many(
+        &mut self,
+        ioas: IoasId,
+        maps: &[FixedMap<'_>],
+        threads: usize,
+    ) -> Vec<Result<()>> {
+        let threads = threads.clamp(1, maps.len().max(1));
+        let one = |m: &FixedMap<'_>| {
+            map_on(
+                &self.iommufd,
+                ioas,
+                m.source,
+                m.length,
+                Some(m.iova),
+                m.prot,
+            )
+            .map(|_| ())
+        };
+        if threads == 1 {
+            return maps.iter().map(one).collect();
         }
-        let want = iova.unwrap_or_default().0;
-        match source {
-            MapSource::UserVa(va) => {
-                let op = Op::Map {
-                    ioas,
-                    iova,
-                    length,
-                    file: false,
-                };
-                let mut cmd = b::iommu_ioas_map {
-                    size: size_u32::<b::iommu_ioas_map>(),
-                    flags,
-                    ioas_id: ioas.0,
-                    __reserved: 0,
-                    user_va: va.0,
-                    length,
-                    iova: want,
-                };
-                sys::ioas_map(&self.iommufd, &mut cmd).map_err(os(op))?;
-                Ok(Iova(cmd.iova))
+        // Thread t maps requests t, t + threads, ...: with equal chunks each pins its share.
+        let mut out: Vec<Option<Result<()>>> = (0..maps.len()).map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    scope.spawn(move || {
+                        maps.iter()
+                            .enumerate()
+                            .skip(t)
+                            .step_by(threads)
+                            .map(|(i, m)| (i, one(m)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for w in workers {
+                // A worker only panics if map_on does, which it does not; treat it as EIO.
+                if let Ok(results) = w.join() {
+                    for (i, r) in results {
+                        out[i] = Some(r);
+                    }
+                }
             }
-            MapSource::File { fd, offset } => {
-                let op = Op::Map {
-                    ioas,
-                    iova,
-                    length,
-                    file: true,
-                };
-                let mut cmd = b::iommu_ioas_map_file {
-                    size: size_u32::<b::iommu_ioas_map_file>(),
-                    flags,
-                    ioas_id: ioas.0,
-                    fd: fd.as_raw_fd(),
-                    start: offset,
-                    length,
-                    iova: want,
-                };
-                sys::ioas_map_file(&self.iommufd, &mut cmd).map_err(os(op))?;
-                Ok(Iova(cmd.iova))
-            }
-        }
+        });
+        out.into_iter()
+            .zip(maps)
+            .map(|(r, m)| {
+                r.unwrap_or_else(|| {
+                    Err(IommufdError::failed(
+                        Op::Map {
+                            ioas,
+                            iova: Some(m.iova),
+                            length: m.length,
+                            file: matches!(m.source, MapSource::File { .. }),
+                        },
+                        libc::EIO,
+                    ))
+                })
+            })
+            .collect()
     }
 
     fn unmap(&mut self, ioas: IoasId, iova: Iova, length: u64) -> Result<u64> {

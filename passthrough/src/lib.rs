@@ -75,9 +75,9 @@ pub use reserved_regions::{ReservedKind, ReservedRegion, Sysfs};
 pub use vfio_cdev::{locate, probe_iova_ranges, probe_ranges, PciPassthroughDevice, VfioCdevError};
 
 pub use iommufd::{
-    DevId, DeviceHandle, HwInfo, HwInfoType, HwptFlags, HwptId, IoasId, Iommufd, IommufdError,
-    IovaRanges, MapSource, ObjectId, Op, Prot, RangesReply, SmmuCmd, VEvent, VSte, VdeviceId,
-    VeventqId, ViommuId,
+    DevId, DeviceHandle, FixedMap, HwInfo, HwInfoType, HwptFlags, HwptId, IoasId, Iommufd,
+    IommufdError, IovaRanges, MapSource, ObjectId, Op, Prot, RangesReply, SmmuCmd, VEvent, VSte,
+    VdeviceId, VeventqId, ViommuId,
 };
 pub use iova::{HostVirtAddr, Iova, IovaRange};
 pub use kernel::KernelIommufd;

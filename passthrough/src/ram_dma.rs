@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
-use crate::iommufd::{IoasId, Iommufd, IommufdError, MapSource, Prot};
+use crate::iommufd::{FixedMap, IoasId, Iommufd, IommufdError, MapSource, Prot};
 use crate::iova::{HostVirtAddr, Iova, IovaRange};
 use crate::memlock::{MemlockError, MemlockLimit};
 
@@ -166,6 +166,38 @@ impl GuestRam<'static> {
     }
 }
 
+/// 2 MiB: chunk boundaries keep huge pages whole.
+const CHUNK_ALIGN: u64 = 2 << 20;
+
+/// `r` cut into at most `parts` pieces of about equal size, 2 MiB aligned (the last takes
+/// the rest); one piece when `parts` <= 1 or the region is small.
+fn chunks<'a>(r: &GuestRam<'a>, parts: usize) -> Vec<GuestRam<'a>> {
+    let parts = parts.max(1) as u64;
+    let step = (r.size / parts).next_multiple_of(CHUNK_ALIGN);
+    if parts == 1 || step >= r.size {
+        return vec![*r];
+    }
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < r.size {
+        let size = step.min(r.size - off);
+        let source = match r.source {
+            MapSource::UserVa(va) => MapSource::UserVa(HostVirtAddr(va.0 + off)),
+            MapSource::File { fd, offset } => MapSource::File {
+                fd,
+                offset: offset + off,
+            },
+        };
+        out.push(GuestRam {
+            gpa: r.gpa + off,
+            size,
+            source,
+        });
+        off += size;
+    }
+    out
+}
+
 /// Guest RAM mapped into an IOAS at IOVA = GPA and guarded. See the module docs.
 pub struct GuestRamDma {
     iommufd: SharedIommufd,
@@ -194,6 +226,20 @@ impl GuestRamDma {
         limit: &MemlockLimit,
         who: &str,
     ) -> Result<GuestRamDma, RamDmaError> {
+        GuestRamDma::map_parallel(iommufd, ioas, ram, limit, who, 1)
+    }
+
+    /// [`GuestRamDma::map`] with the RAM cut into `threads` chunks per region (at 2 MiB
+    /// boundaries, so huge pages stay whole) that the backend may pin on parallel threads.
+    /// `threads` <= 1 maps each region in one call.
+    pub fn map_parallel(
+        iommufd: SharedIommufd,
+        ioas: IoasId,
+        ram: &[GuestRam<'_>],
+        limit: &MemlockLimit,
+        who: &str,
+        threads: usize,
+    ) -> Result<GuestRamDma, RamDmaError> {
         let total = ram.iter().fold(0u64, |t, r| t.saturating_add(r.size));
         limit.check(who, total)?;
         let mut dma = GuestRamDma {
@@ -202,16 +248,41 @@ impl GuestRamDma {
             mapped: Vec::new(),
             guarded: false,
         };
-        for r in ram {
-            lock(&dma.iommufd)
-                .map(ioas, r.source, r.size, Some(Iova(r.gpa)), Prot::READ_WRITE)
-                .map_err(|source| RamDmaError::Map {
+        let chunks: Vec<(GuestRam<'_>, FixedMap<'_>)> = ram
+            .iter()
+            .flat_map(|r| chunks(r, threads))
+            .map(|c| {
+                let map = FixedMap {
+                    source: c.source,
+                    length: c.size,
+                    iova: Iova(c.gpa),
+                    prot: Prot::READ_WRITE,
+                };
+                (c, map)
+            })
+            .collect();
+        let maps: Vec<FixedMap<'_>> = chunks.iter().map(|c| c.1).collect();
+        let results = lock(&dma.iommufd).map_fixed_many(ioas, &maps, threads);
+        let mut errors = Vec::new();
+        for ((c, _), r) in chunks.iter().zip(results) {
+            match r {
+                Ok(()) => dma.mapped.push((c.gpa, c.size)),
+                Err(source) => errors.push(RamDmaError::Map {
                     who: who.to_string(),
-                    gpa: r.gpa,
-                    size: r.size,
+                    gpa: c.gpa,
+                    size: c.size,
                     source,
-                })?;
-            dma.mapped.push((r.gpa, r.size));
+                }),
+            }
+        }
+        // Report the first failure the kernel gave, not a "not tried" (ECANCELED) after it.
+        let not_tried = |e: &RamDmaError| matches!(e, RamDmaError::Map { source, .. } if source.errno() == libc::ECANCELED);
+        let first_error = match errors.iter().position(|e| !not_tried(e)) {
+            Some(i) => Some(errors.swap_remove(i)),
+            None => errors.into_iter().next(),
+        };
+        if let Some(e) = first_error {
+            return Err(e); // dropping dma unmaps what was mapped
         }
         let ranges: Vec<IovaRange> = ram
             .iter()
@@ -313,6 +384,70 @@ mod tests {
         assert!(m.lock().unwrap().allowed(ioas.id()).is_empty());
         drop(ioas);
         assert!(m.lock().unwrap().object_ids().is_empty());
+    }
+
+    #[test]
+    fn chunks_are_2m_aligned_and_cover_the_region() {
+        let file_backed = |size| GuestRam {
+            gpa: 0x4000_0000,
+            size,
+            source: MapSource::UserVa(HostVirtAddr(0x7f00_0000_0000)),
+        };
+        for (size, parts) in [(512 << 20, 2), (512 << 20, 3), (6 << 20, 4), (1 << 20, 4)] {
+            let r = file_backed(size);
+            let c = chunks(&r, parts);
+            assert!(c.len() <= parts, "{size:#x}/{parts}: {} chunks", c.len());
+            assert_eq!(c.iter().map(|c| c.size).sum::<u64>(), size);
+            let mut next = r.gpa;
+            for (i, piece) in c.iter().enumerate() {
+                assert_eq!(piece.gpa, next);
+                let MapSource::UserVa(va) = piece.source else {
+                    panic!("source changed kind")
+                };
+                assert_eq!(va.0 - 0x7f00_0000_0000, piece.gpa - r.gpa);
+                if i + 1 < c.len() {
+                    assert_eq!(piece.size % CHUNK_ALIGN, 0, "{size:#x}/{parts}");
+                }
+                next += piece.size;
+            }
+        }
+        assert_eq!(chunks(&file_backed(512 << 20), 1).len(), 1);
+        assert_eq!(chunks(&file_backed(512 << 20), 0).len(), 1);
+    }
+
+    #[test]
+    fn parallel_map_gives_the_same_ioas_and_undoes_a_failure() {
+        let (m, shared) = model();
+        let ioas = VmIoas::new(shared.clone()).unwrap();
+        let regions = [ram(0, 64 << 20), ram(0x1_0000_0000, 32 << 20)];
+        let dma = GuestRamDma::map_parallel(
+            shared.clone(),
+            ioas.id(),
+            &regions,
+            &MemlockLimit::UNLIMITED,
+            "t",
+            4,
+        )
+        .unwrap();
+        assert_eq!(dma.regions().len(), 8);
+        assert_eq!(m.lock().unwrap().mappings(ioas.id()).len(), 8);
+        assert_eq!(m.lock().unwrap().allowed(ioas.id()).len(), 2);
+        drop(dma);
+        assert!(m.lock().unwrap().mappings(ioas.id()).is_empty());
+        // The third chunk fails: the report names it, and nothing stays mapped.
+        m.lock().unwrap().fail_nth(3, libc::ENOMEM);
+        let err = GuestRamDma::map_parallel(
+            shared.clone(),
+            ioas.id(),
+            &regions,
+            &MemlockLimit::UNLIMITED,
+            "--device p",
+            4,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("[0x2000000, +0x1000000)"), "{err}");
+        assert!(m.lock().unwrap().mappings(ioas.id()).is_empty());
+        assert!(m.lock().unwrap().allowed(ioas.id()).is_empty());
     }
 
     #[test]

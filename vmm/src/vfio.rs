@@ -324,17 +324,35 @@ impl PassthroughPlan {
             .collect::<Vec<_>>()
             .join(", ");
         let t1 = std::time::Instant::now();
-        let (ram_bytes, how) = pt.map_ram(mem, &who)?;
+        let threads = dma_map_threads();
+        let (ram_bytes, how) = pt.map_ram_on(mem, &who, threads)?;
         log::info!(
-            "passthrough: {} device(s) attached in {:.1} ms; {} MiB of guest RAM mapped for DMA in {:.1} ms ({})",
+            "passthrough: {} device(s) attached in {:.1} ms; {} MiB of guest RAM mapped for DMA in {:.1} ms ({}{})",
             self.located.len(),
             attached_at.as_secs_f64() * 1e3,
             ram_bytes >> 20,
             t1.elapsed().as_secs_f64() * 1e3,
             how,
+            if threads > 1 {
+                format!(", {threads} threads")
+            } else {
+                String::new()
+            },
         );
         Ok(())
     }
+}
+
+/// Threads that pin guest RAM at start (`VMM_DMA_MAP_THREADS`, default 1). A measurement
+/// knob: issue 13 asks whether pinning in parallel shortens set-up, and the rig's bench
+/// scenario answers it with this (docs/passthrough.md has the figures). Hot-adds always
+/// map on the one VMM thread, whose seccomp filter has no clone.
+fn dma_map_threads() -> usize {
+    std::env::var("VMM_DMA_MAP_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, 16)
 }
 
 /// Makes the VM's KVM-VFIO device (`KVM_CREATE_DEVICE`).
@@ -504,12 +522,22 @@ impl Passthrough {
         mem: &GuestMemoryMmap,
         who: &str,
     ) -> Result<(u64, &'static str), VfioError> {
+        self.map_ram_on(mem, who, 1)
+    }
+
+    /// [`Passthrough::map_ram`], pinning on up to `threads` threads.
+    pub fn map_ram_on(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        who: &str,
+        threads: usize,
+    ) -> Result<(u64, &'static str), VfioError> {
         let ram = GuestRam::from_memory_files(mem);
         let ram_bytes: u64 = ram.iter().map(|r| r.size).sum();
         if self.dma.is_some() {
             return Ok((ram_bytes, "already mapped"));
         }
-        let mapped = self.map_ram_now(mem, &ram, who);
+        let mapped = self.map_ram_now(mem, &ram, who, threads);
         if mapped.is_err() {
             self.release_if_idle();
         }
@@ -521,6 +549,7 @@ impl Passthrough {
         mem: &GuestMemoryMmap,
         ram: &[GuestRam<'_>],
         who: &str,
+        threads: usize,
     ) -> Result<&'static str, VfioError> {
         self.ensure_ioas(who)?;
         let (Some(iommufd), Some(ioas)) =
@@ -534,14 +563,16 @@ impl Passthrough {
         } else {
             "anonymous, IOMMU_IOAS_MAP"
         };
-        let dma = match GuestRamDma::map(iommufd.clone(), ioas, ram, &limit, who) {
+        let dma = match GuestRamDma::map_parallel(iommufd.clone(), ioas, ram, &limit, who, threads)
+        {
             // Kernels before 6.13 have no MAP_FILE: map the same memory by address instead.
             Err(RamDmaError::Map { source, .. })
                 if GuestRam::any_file(ram) && source.errno() == libc::ENOTTY =>
             {
                 log::info!("passthrough: no IOMMU_IOAS_MAP_FILE in this kernel; mapping guest RAM by address");
                 how = "memfd, IOMMU_IOAS_MAP (no MAP_FILE)";
-                GuestRamDma::map(iommufd, ioas, &GuestRam::from_memory(mem), &limit, who)?
+                let by_va = GuestRam::from_memory(mem);
+                GuestRamDma::map_parallel(iommufd, ioas, &by_va, &limit, who, threads)?
             }
             other => other?,
         };

@@ -225,6 +225,19 @@ pub enum DeviceHandle {
     Model(ModelDevice),
 }
 
+/// One map of [`Iommufd::map_fixed_many`]: `length` bytes of `source` at `iova`.
+#[derive(Clone, Copy, Debug)]
+pub struct FixedMap<'a> {
+    /// Where the memory comes from.
+    pub source: MapSource<'a>,
+    /// Bytes.
+    pub length: u64,
+    /// Where it goes.
+    pub iova: Iova,
+    /// Access.
+    pub prot: Prot,
+}
+
 /// The iommufd operations a VMM needs. Object-safe: use it as `&mut dyn Iommufd` or
 /// generically.
 ///
@@ -255,6 +268,39 @@ pub trait Iommufd {
         iova: Option<Iova>,
         prot: Prot,
     ) -> Result<Iova>;
+
+    /// Several fixed-IOVA maps into `ioas`, each an `IOMMU_IOAS_MAP` / `_MAP_FILE`; one
+    /// result per request, in order. A backend that can pin in parallel spreads them over up
+    /// to `threads` threads (the kernel pins each map under a shared lock); this default maps
+    /// them one after the other, stopping at the first failure (later ones are not tried and
+    /// report `ECANCELED`).
+    fn map_fixed_many(
+        &mut self,
+        ioas: IoasId,
+        maps: &[FixedMap<'_>],
+        threads: usize,
+    ) -> Vec<Result<()>> {
+        let _ = threads;
+        let mut failed = false;
+        maps.iter()
+            .map(|m| {
+                if failed {
+                    return Err(IommufdError::failed(
+                        Op::Map {
+                            ioas,
+                            iova: Some(m.iova),
+                            length: m.length,
+                            file: matches!(m.source, MapSource::File { .. }),
+                        },
+                        libc::ECANCELED,
+                    ));
+                }
+                let r = self.map(ioas, m.source, m.length, Some(m.iova), m.prot);
+                failed = r.is_err();
+                r.map(|_| ())
+            })
+            .collect()
+    }
 
     /// `IOMMU_IOAS_UNMAP`: remove every mapping inside `iova..iova+length`; returns the
     /// bytes unmapped. `(0, u64::MAX)` unmaps everything (and succeeds on an empty IOAS).
