@@ -105,6 +105,51 @@ if grep -q "l2.iommu=1" /proc/cmdline; then
         [ -d "$g" ] || continue
         echo "L2-REPORT iommu_group=$(basename "$g") type=$(cat "$g/type" 2>/dev/null) devices=$(ls "$g/devices" | tr '\n' ' ')resv=$(tr '\n' ';' <"$g/reserved_regions")"
     done
+    # A fault reaches us (l2.edu_fault=IOVA): the edu device has no driver here, so it sits in
+    # its default DMA domain with nothing mapped but the MSI window. Point its DMA engine at IOVA
+    # (RAM -> its buffer at 0x40000, 8 bytes) and start it by hand: the read misses our stage 1,
+    # L1's SMMU records a translation fault, L1's kernel queues it on the VMM's vEVENTQ and the
+    # VMM writes it to our event queue, where arm-smmu-v3 logs it with the edu's StreamID.
+    EDU_IOVA=$(sed -n 's/.*l2.edu_fault=\([0-9a-fx]*\).*/\1/p' /proc/cmdline)
+    if [ -n "$EDU_IOVA" ]; then
+        EDU=
+        for d in /sys/bus/pci/devices/*; do
+            [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ] && EDU=$d
+        done
+        if [ -z "$EDU" ]; then
+            echo "L2-REPORT edu_fault=no edu device"
+        elif [ ! -c /dev/mem ]; then
+            echo "L2-REPORT edu_fault=no /dev/mem (the L2 kernel needs CONFIG_DEVMEM)"
+        else
+            BDF=$(basename "$EDU")
+            BAR=$(head -n 1 "$EDU/resource" | cut -d' ' -f1)
+            reg() { printf '0x%x' $((BAR + $1)); }
+            # Memory decoding and bus mastering on (command register, offset 4).
+            printf '\006\000' | dd of="$EDU/config" bs=1 seek=4 count=2 conv=notrunc 2>/dev/null
+            echo "L2-REPORT edu_id=$(devmem "$(reg 0)" 32) bdf=$BDF bar=$BAR"
+            devmem "$(reg 0x80)" 32 "$EDU_IOVA"
+            devmem "$(reg 0x88)" 32 0x40000
+            devmem "$(reg 0x90)" 32 8
+            devmem "$(reg 0x98)" 32 1
+            LINE=
+            for i in 1 2 3 4 5 6 7 8 9 10; do
+                LINE=$(dmesg | grep -m 1 "event: F_TRANSLATION client: $BDF ")
+                [ -n "$LINE" ] && break
+                sleep 1
+            done
+            echo "L2-REPORT edu_dma_cmd=$(devmem "$(reg 0x98)" 32)"
+            if [ -n "$LINE" ]; then
+                echo "L2-REPORT edu_fault=${LINE#*] }"
+            else
+                echo "L2-REPORT edu_fault=none"
+                dmesg_tail 20
+            fi
+            # And the guest goes on: the disk still answers through its own stage 1.
+            echo 3 >/proc/sys/vm/drop_caches
+            [ -b /dev/vda ] &&
+                echo "L2-REPORT disk_sig_after_fault=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -n 1 | tr -d '\0')"
+        fi
+    fi
 fi
 # Throughput of /dev/vda when asked (rig scenario bench.sh): 32 MiB sequential read and write.
 if grep -q "l2.bench=1" /proc/cmdline; then
