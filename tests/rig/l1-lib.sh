@@ -2,6 +2,8 @@
 # at /rig/l1-lib.sh and scenarios source it.
 
 fail() {
+    # L1's own view first (IOMMU faults, VFIO and KVM complaints land here), then the verdict.
+    dmesg | tail -n 30 | sed 's/^/L1-DMESG: /'
     echo "RIG-RESULT: FAIL $*"
     exit 1
 }
