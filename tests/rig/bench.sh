@@ -2,12 +2,13 @@
 # Runs inside L1: benchmark figures for the issues (not a pass/fail test; prints BENCH lines).
 #   L2 boot time (VMM start to the L2 init report), virtio-blk sequential throughput in L2
 #   for our emulated virtio-blk and for QEMU's virtio-blk passed through, passthrough setup
-#   and guest-RAM DMA map time for 512 MiB, anonymous vs memfd. aarch64 also: the passed-through
-#   virtio-blk behind our vSMMU (S1+S2, iommu=on) against S2 only, strict and lazy, K rounds
-#   (rig.bench_runs=, default 1) alternating, medians; and the invalidation ioctls per 1,000
-#   forwarded guest TLB/CD invalidation commands. Default 1: a second nested L2 in the same L1
-#   (after a nested one and an S2-only one on the same device) hangs in its first disk I/O
-#   (2 of 2 runs, 2026-12-05; open, issue 10).
+#   and guest-RAM DMA map time for 512 MiB: anonymous vs memfd, and memfd pinned on 2 and 4
+#   threads. aarch64 also: the passed-through virtio-blk behind our vSMMU (S1+S2, iommu=on)
+#   against S2 only, strict and lazy, K rounds (rig.bench_runs=, default 3) alternating,
+#   medians; and the invalidation ioctls per 1,000 forwarded guest TLB/CD invalidation
+#   commands. Strict write speed follows how many invalidations L2's writeback needs (it varies
+#   from run to run: ~400 or ~7,700 for the same 32 MiB dd), each a round trip of about 0.2 ms
+#   through the VMM, L1's kernel and QEMU-TCG's SMMU: the per-run lines show both.
 . /rig/l1-lib.sh
 ARCH=$(uname -m)
 case "$ARCH" in
@@ -37,6 +38,8 @@ echo "BENCH emulated-virtio-blk read_MBps=$(get emulated bench_read_mbps) write_
 BLK=$(find_pci 1af4 1042)
 [ -n "$BLK" ] || fail "virtio-blk not found"
 bind_vfio "$BLK"
+# One pinning thread for the anon/memfd comparison; the default takes L1's CPUs (at most 4).
+export VMM_DMA_MAP_THREADS=1
 run_l2 passthrough --cmdline "$CONSOLE l2.bench=1" --device path=/sys/bus/pci/devices/$BLK --memory-backing anon
 echo "BENCH passthrough-virtio-blk read_MBps=$(get passthrough bench_read_mbps) write_MBps=$(get passthrough bench_write_mbps)"
 sed -n 's/.*info: \(passthrough: .*\)/BENCH anon \1/p; s/.*info: \(vCPUs start .*\)/BENCH anon \1/p' /tmp/passthrough.log
@@ -47,12 +50,12 @@ sed -n 's/.*info: \(passthrough: .*\)/BENCH memfd \1/p; s/.*info: \(vCPUs start 
 for t in 2 4; do
     export VMM_DMA_MAP_THREADS=$t
     run_l2 passthrough-memfd-$t --cmdline "$CONSOLE" --device path=/sys/bus/pci/devices/$BLK --memory-backing memfd
-    unset VMM_DMA_MAP_THREADS
     sed -n "s/.*info: \(passthrough: .*\)/BENCH memfd-$t \1/p" /tmp/passthrough-memfd-$t.log
 done
+unset VMM_DMA_MAP_THREADS
 if [ "$ARCH" = aarch64 ]; then
     K=$(sed -n 's/.*rig\.bench_runs=\([0-9]*\).*/\1/p' /proc/cmdline)
-    K=${K:-1}
+    K=${K:-3}
     NESTED="iommu.passthrough=0 l2.bench=1"
     DEV="path=/sys/bus/pci/devices/$BLK"
     : >/tmp/nested-bench
