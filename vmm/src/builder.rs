@@ -133,6 +133,44 @@ pub fn host_memory(meminfo: &str, hugepages: bool) -> u64 {
     }
 }
 
+/// Wall time of each start-up step, logged as one info line so that a slow start says where
+/// its time went (issue 13's "measure each step").
+struct StartupSteps {
+    last: std::time::Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl StartupSteps {
+    fn new() -> StartupSteps {
+        StartupSteps {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends the step `name` now.
+    fn done(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.done
+            .push((name, (now - self.last).as_secs_f64() * 1e3));
+        self.last = now;
+    }
+
+    fn log(&self) {
+        let before = process_age_ms()
+            .map(|age| (age - self.done.iter().map(|d| d.1).sum::<f64>()).max(0.0))
+            .map_or(String::new(), |ms| {
+                format!("process start to main {ms:.1} ms; ")
+            });
+        let steps: Vec<String> = self
+            .done
+            .iter()
+            .map(|(name, ms)| format!("{name} {ms:.1} ms"))
+            .collect();
+        log::info!("start-up steps: {before}{}", steps.join("; "));
+    }
+}
+
 /// Milliseconds since this process started (from /proc/self/stat's start time), for the
 /// start-up figures logged at info level.
 fn process_age_ms() -> Option<f64> {
@@ -209,6 +247,7 @@ pub fn serial_output(s: &SerialConfig) -> SerialOutput {
 /// Builds the VM described by `config`, runs it until the guest or a signal ends it, and
 /// returns the process exit status.
 pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
+    let mut steps = StartupSteps::new();
     // Before any thread exists, so every thread inherits the blocked mask.
     let signals = StopSignals::new()?;
     install_kick_handler()?;
@@ -221,19 +260,23 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         crate::seccomp::install(&crate::seccomp::filters::DEVICE_WORKER).map_err(|e| e.to_string())
     });
 
+    steps.done("signals and API socket");
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let config = &config.resolved(&meminfo);
     let hugepages = config.hugepages == HugePages::On;
     let vm = Vm::new()?;
     config.validate(&host_limits(&meminfo, &vm, hugepages))?;
+    steps.done("KVM VM");
 
     // Passthrough devices are found and their host ranges read before RAM is placed, so the
     // plan keeps RAM off every reserved/MSI range.
     let passthrough = PassthroughPlan::prepare(&config.devices)?;
+    steps.done("device probe");
     let host_ranges = passthrough.as_ref().map(|p| p.ranges()).unwrap_or_default();
     let (ram, memory_map) = machine::plan_ram(config.memory, host_ranges)?;
     let ranges: Vec<(GuestAddress, usize)> = ram.iter().map(|&(a, s)| (a, s as usize)).collect();
     let mem = create_guest_memory(&ranges, config.backend, hugepages)?;
+    steps.done("RAM plan and mapping");
     log::info!(
         "guest RAM: {} MiB, {}, {}",
         config.memory >> 20,
@@ -263,6 +306,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         );
     }
     let _arch = machine::after_vcpus(&vm, &fds)?;
+    steps.done("memslots, irqchip, vCPUs");
 
     let exit = Arc::new(ExitEvent::new().map_err(dev_err)?);
     let (mut pio, mut mmio) = machine::create_buses(&vm, config, &exit)?;
@@ -291,6 +335,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         &mut pio,
         &mut mmio,
     )?;
+    steps.done("buses, PCI, passthrough and DMA map");
     // The API's event loop drives hotplug through this; it goes before the PCI segment.
     let mut hotplug = Some(pci.hotplug(&mem, &irq, machine::MSI_NEEDS_DEVID));
     let pio = Arc::new(pio);
@@ -315,6 +360,8 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         })
         .collect();
     machine::boot(&vm, &mem, &ram, config, &vcpus, pci.vsmmu_node().as_ref())?;
+    steps.done("kernel load and boot state");
+    steps.log();
 
     log::info!(
         "vCPUs start {:.1} ms after the VMM started",
