@@ -157,17 +157,14 @@ impl StartupSteps {
     }
 
     fn log(&self) {
-        let before = process_age_ms()
-            .map(|age| (age - self.done.iter().map(|d| d.1).sum::<f64>()).max(0.0))
-            .map_or(String::new(), |ms| {
-                format!("process start to main {ms:.1} ms; ")
-            });
+        // (The time before main is in the "vCPUs start" line: /proc's start time has 10 ms
+        // resolution, too coarse to subtract these from.)
         let steps: Vec<String> = self
             .done
             .iter()
             .map(|(name, ms)| format!("{name} {ms:.1} ms"))
             .collect();
-        log::info!("start-up steps: {before}{}", steps.join("; "));
+        log::info!("start-up steps: {}", steps.join("; "));
     }
 }
 
