@@ -164,14 +164,14 @@ fn map_on(
         flags |= b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
     }
     let want = iova.unwrap_or_default().0;
+    let op = Op::Map {
+        ioas,
+        iova,
+        length,
+        file: matches!(source, MapSource::File { .. }),
+    };
     match source {
         MapSource::UserVa(va) => {
-            let op = Op::Map {
-                ioas,
-                iova,
-                length,
-                file: false,
-            };
             let mut cmd = b::iommu_ioas_map {
                 size: size_u32::<b::iommu_ioas_map>(),
                 flags,
@@ -185,12 +185,6 @@ fn map_on(
             Ok(Iova(cmd.iova))
         }
         MapSource::File { fd, offset } => {
-            let op = Op::Map {
-                ioas,
-                iova,
-                length,
-                file: true,
-            };
             let mut cmd = b::iommu_ioas_map_file {
                 size: size_u32::<b::iommu_ioas_map_file>(),
                 flags,
@@ -314,19 +308,7 @@ impl Iommufd for KernelIommufd {
         });
         out.into_iter()
             .zip(maps)
-            .map(|(r, m)| {
-                r.unwrap_or_else(|| {
-                    Err(IommufdError::failed(
-                        Op::Map {
-                            ioas,
-                            iova: Some(m.iova),
-                            length: m.length,
-                            file: matches!(m.source, MapSource::File { .. }),
-                        },
-                        libc::EIO,
-                    ))
-                })
-            })
+            .map(|(r, m)| r.unwrap_or_else(|| Err(IommufdError::failed(m.op(ioas), libc::EIO))))
             .collect()
     }
 

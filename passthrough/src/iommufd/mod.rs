@@ -238,6 +238,18 @@ pub struct FixedMap<'a> {
     pub prot: Prot,
 }
 
+impl FixedMap<'_> {
+    /// The operation, for errors.
+    pub fn op(&self, ioas: IoasId) -> Op {
+        Op::Map {
+            ioas,
+            iova: Some(self.iova),
+            length: self.length,
+            file: matches!(self.source, MapSource::File { .. }),
+        }
+    }
+}
+
 /// The iommufd operations a VMM needs. Object-safe: use it as `&mut dyn Iommufd` or
 /// generically.
 ///
@@ -285,15 +297,7 @@ pub trait Iommufd {
         maps.iter()
             .map(|m| {
                 if failed {
-                    return Err(IommufdError::failed(
-                        Op::Map {
-                            ioas,
-                            iova: Some(m.iova),
-                            length: m.length,
-                            file: matches!(m.source, MapSource::File { .. }),
-                        },
-                        libc::ECANCELED,
-                    ));
+                    return Err(IommufdError::failed(m.op(ioas), libc::ECANCELED));
                 }
                 let r = self.map(ioas, m.source, m.length, Some(m.iova), m.prot);
                 failed = r.is_err();
