@@ -172,7 +172,7 @@ fn boots_a_plain_linked_multiboot_kernel_with_a_segment_below_1m() {
 #[test]
 fn boots_tiny_guest_1_vcpu_256m_each_memory_backing() {
     require_kvm!();
-    // memfd is the default; --memfd is its old spelling.
+    // --memfd is the old spelling of --memory-backing memfd.
     for backing in [&["--memory-backing", "anon"][..], &["--memfd"][..], &[][..]] {
         let out = Command::new(VMM)
             .args(["--kernel", TINY_GUEST_ELF64, "--memory", "256M"])
@@ -182,10 +182,11 @@ fn boots_tiny_guest_1_vcpu_256m_each_memory_backing() {
             .unwrap();
         check_guest(&out, 1, 256, 4);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let want = if backing.contains(&"anon") {
-            "guest RAM: 256 MiB, anonymous"
-        } else {
+        // The default (auto) is anonymous with no device to pass through.
+        let want = if backing.contains(&"--memfd") {
             "guest RAM: 256 MiB, memfd"
+        } else {
+            "guest RAM: 256 MiB, anonymous"
         };
         assert!(stderr.contains(want), "{backing:?}: {stderr}");
     }

@@ -59,6 +59,29 @@ impl KernelIommufd {
         KernelIommufd::open_path(IOMMUFD_PATH)
     }
 
+    /// Whether this kernel has `IOMMU_IOAS_MAP_FILE` (Linux 6.13+). Asks on a scratch IOAS with
+    /// fd -1: a kernel without the ioctl answers `ENOTTY`, one with it gets as far as the fd
+    /// (`EBADF`). False when the question cannot be asked (no IOAS).
+    pub fn has_map_file(&mut self) -> bool {
+        let Ok(ioas) = self.alloc_ioas() else {
+            return false;
+        };
+        let mut cmd = b::iommu_ioas_map_file {
+            size: size_u32::<b::iommu_ioas_map_file>(),
+            flags: Prot::READ_WRITE.0,
+            ioas_id: ioas.0,
+            fd: -1,
+            start: 0,
+            length: 4096,
+            iova: 0,
+        };
+        let answer = sys::ioas_map_file(&self.iommufd, &mut cmd);
+        if let Err(e) = self.destroy(ioas.into()) {
+            log::warn!("cannot destroy the scratch IOAS {ioas}: {e}");
+        }
+        !matches!(answer, Err(e) if e.raw_os_error() == Some(libc::ENOTTY))
+    }
+
     /// Opens the iommufd character device at `path`.
     pub fn open_path(path: impl AsRef<Path>) -> Result<KernelIommufd> {
         let path = path.as_ref();

@@ -31,6 +31,15 @@ END=$(cut -d' ' -f1 /proc/uptime)
 echo "passthrough: $(l2_vmm) exited with status $STATUS after $(awk "BEGIN{print $END-$START}")s"
 [ "$STATUS" = 0 ] || fail "$(l2_vmm) exited with status $STATUS"
 get() { sed -n "s/^L2-REPORT $1=//p" /tmp/l2.log | tr -d '\r' | head -1; }
+# --memory-backing auto: a memfd pinned by file where the kernel has IOMMU_IOAS_MAP_FILE
+# (6.13+), anonymous memory elsewhere.
+if [ "$(l2_vmm)" = vmm ]; then
+    KV=$(uname -r | awk -F. '{print $1 * 1000 + $2}')
+    if [ "$KV" -ge 6013 ]; then WANT="memfd, IOMMU_IOAS_MAP_FILE"; else WANT="anonymous, IOMMU_IOAS_MAP"; fi
+    grep -q "mapped for DMA in .* ($WANT" /tmp/l2.log ||
+        fail "guest RAM not pinned as '$WANT' on $(uname -r): $(grep -o 'mapped for DMA in .*' /tmp/l2.log)"
+    echo "passthrough: guest RAM $(grep -o 'mapped for DMA in .*' /tmp/l2.log | head -1)"
+fi
 grep -q "^L2-REPORT done" /tmp/l2.log || fail "L2 init never reported"
 [ "$(get disk_sig)" = "$OLD_SIG" ] || fail "L2 read '$(get disk_sig)' from the passed-through disk, not '$OLD_SIG'"
 [ "$(get disk_write)" = ok ] || fail "L2 could not write the new signature"

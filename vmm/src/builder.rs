@@ -133,6 +133,20 @@ pub fn host_memory(meminfo: &str, hugepages: bool) -> u64 {
     }
 }
 
+/// What `--memory-backing auto` means on this host: a memfd when the VM may pass devices
+/// through and the kernel pins files (`IOMMU_IOAS_MAP_FILE`), else anonymous memory.
+fn auto_backend(may_pass_through: bool) -> MemoryBackend {
+    let by_file = may_pass_through
+        && passthrough::KernelIommufd::open()
+            .map(|mut fd| fd.has_map_file())
+            .unwrap_or(false);
+    if by_file {
+        MemoryBackend::Memfd
+    } else {
+        MemoryBackend::Anonymous
+    }
+}
+
 /// Wall time of each start-up step, logged as one info line so that a slow start says where
 /// its time went (issue 13's "measure each step").
 struct StartupSteps {
@@ -259,7 +273,11 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
 
     steps.done("signals and API socket");
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let config = &config.resolved(&meminfo);
+    let mut resolved = config.resolved(&meminfo);
+    if resolved.backend == MemoryBackend::Auto {
+        resolved.backend = auto_backend(!resolved.devices.is_empty() || resolved.hotplug_slots > 0);
+    }
+    let config = &resolved;
     let hugepages = config.hugepages == HugePages::On;
     let vm = Vm::new()?;
     config.validate(&host_limits(&meminfo, &vm, hugepages))?;
@@ -279,7 +297,7 @@ pub fn run_vm(config: &VmConfig) -> Result<i32, BuilderError> {
         config.memory >> 20,
         match config.backend {
             MemoryBackend::Memfd => "memfd",
-            MemoryBackend::Anonymous => "anonymous",
+            MemoryBackend::Anonymous | MemoryBackend::Auto => "anonymous",
         },
         if hugepages {
             "2 MiB hugetlb pages"

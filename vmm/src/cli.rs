@@ -64,12 +64,14 @@ pub struct Cli {
     pub serial: String,
 
     /// What backs guest RAM: memfd (shared file memory: passthrough pins it with
-    /// IOMMU_IOAS_MAP_FILE where the kernel has it, by address elsewhere) or anon (private
-    /// anonymous memory, transparent huge pages advised).
-    #[arg(long, value_enum, value_name = "memfd|anon", default_value_t = MemoryBacking::Memfd)]
+    /// IOMMU_IOAS_MAP_FILE where the kernel has it, by address elsewhere), anon (private
+    /// anonymous memory, transparent huge pages advised), or auto: memfd when the VM may pass
+    /// devices through (--device, hotplug slots) and the kernel has IOMMU_IOAS_MAP_FILE, else
+    /// anon.
+    #[arg(long, value_enum, value_name = "auto|memfd|anon", default_value_t = MemoryBacking::Auto)]
     pub memory_backing: MemoryBacking,
 
-    /// Same as --memory-backing memfd (the default since it became one).
+    /// Same as --memory-backing memfd (kept for old command lines).
     #[arg(long, hide = true)]
     pub memfd: bool,
 
@@ -133,6 +135,8 @@ pub struct Cli {
 /// `--memory-backing` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MemoryBacking {
+    /// Decided at start (see the option's help).
+    Auto,
     /// A memfd (shared file memory).
     Memfd,
     /// Private anonymous memory.
@@ -158,8 +162,9 @@ impl Cli {
             vcpus: self.vcpus,
             serial,
             backend: match (self.memory_backing, self.memfd) {
+                (_, true) | (MemoryBacking::Memfd, _) => MemoryBackend::Memfd,
                 (MemoryBacking::Anon, false) => MemoryBackend::Anonymous,
-                _ => MemoryBackend::Memfd,
+                (MemoryBacking::Auto, false) => MemoryBackend::Auto,
             },
             hugepages: self.hugepages,
             disks: self
@@ -197,7 +202,7 @@ mod tests {
         assert_eq!(c.memory, 512 * MIB);
         assert_eq!(c.vcpus, 1);
         assert_eq!(c.serial, SerialConfig::Stdio);
-        assert_eq!(c.backend, MemoryBackend::Memfd);
+        assert_eq!(c.backend, MemoryBackend::Auto);
         assert_eq!(c.hugepages, HugePages::Auto);
         assert_eq!(c.cmdline, "");
         assert_eq!(c.initrd, None);
@@ -268,6 +273,11 @@ mod tests {
             MemoryBackend::Memfd
         );
         assert_eq!(backing(&["--hugepages"]).1, HugePages::On);
+        assert_eq!(backing(&[]).0, MemoryBackend::Auto);
+        assert_eq!(
+            backing(&["--memory-backing", "auto", "--memfd"]).0,
+            MemoryBackend::Memfd
+        );
         assert_eq!(backing(&["--hugepages", "auto"]).1, HugePages::Auto);
         assert!(parse(&["--kernel", "k", "--memory-backing", "file"]).is_err());
         assert!(parse(&["--kernel", "k", "--hugepages", "1G"]).is_err());

@@ -165,6 +165,7 @@ fn config_info(c: &VmConfig) -> VmConfigInfo {
         memory_backend: match c.backend {
             MemoryBackend::Anonymous => "anonymous",
             MemoryBackend::Memfd => "memfd",
+            MemoryBackend::Auto => "auto",
         }
         .to_string(),
         hugepages: c.hugepages == HugePages::On,

@@ -55,7 +55,8 @@ pub fn create_guest_memory(
             regions.iter().map(|r| r.1 as u64).sum(),
             hugepages,
         )?),
-        MemoryBackend::Anonymous => None,
+        // Auto is settled before RAM is made (builder); anonymous if it ever is not.
+        MemoryBackend::Anonymous | MemoryBackend::Auto => None,
     };
     let mut out = Vec::with_capacity(regions.len());
     let mut file_offset = 0u64;
