@@ -139,8 +139,9 @@ seccomp_verdict() {
 
 # run_l2 CMDLINE VCPUS MEM_MB [BDF[=ID]...] : boots /rig/l2-kernel with /rig/l2-initramfs.cpio.gz
 # under l2_vmm, passing the PCI functions BDF (bound to vfio-pci) through. The console
-# streams to L1's console prefixed "L2| " and is kept in /tmp/l2.log; the VMM's exit status
-# goes to /tmp/l2.status.
+# streams to L1's console prefixed "L2| " and is kept in /tmp/l2.log (our VMM's own log in
+# /tmp/l2.vmm.log, appended to /tmp/l2.log at the end); the VMM's exit status goes to
+# /tmp/l2.status.
 run_l2() {
     cmdline=$1 vcpus=$2 mem=$3
     shift 3
@@ -156,10 +157,21 @@ run_l2() {
             done)
             rm -f /tmp/l2.status
             seccomp_sample &
+            sample_pid=$!
+            # The VMM's log goes to its own file: written into the console's pipe, a line from
+            # another VMM thread can land inside one of L2's report lines (a CI run lost an
+            # "L2-REPORT iommu_group=" line to the vSMMU event thread's counters that way). It
+            # is streamed too, and appended to /tmp/l2.log once the VMM is gone.
+            : >/tmp/l2.vmm.log
+            tail -f /tmp/l2.vmm.log 2>/dev/null | sed 's/^/L2| /' &
             ( /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
-                --cmdline "$cmdline" --vcpus "$vcpus" --memory "${mem}M" --log-level info "$@" 2>&1
+                --cmdline "$cmdline" --vcpus "$vcpus" --memory "${mem}M" --log-level info "$@" \
+                2>>/tmp/l2.vmm.log
               echo $? > /tmp/l2.status ) | tee /tmp/l2.log | sed 's/^/L2| /'
-            wait $!
+            wait $sample_pid
+            sleep 1
+            kill $(pidof tail) 2>/dev/null
+            cat /tmp/l2.vmm.log >>/tmp/l2.log
             ;;
         qemu)
             [ -x /opt/qemu/bin/qemu ] || fail "rig.l2vmm=qemu but no /opt/qemu/bin/qemu in L1"
