@@ -34,8 +34,9 @@
 //! (ioctls on `/dev/iommu` and the VFIO cdev) and [`ModelIommufd`] (in-process, the
 //! kernel's semantics and errnos, with fault injection). [`conformance`] is one suite run
 //! against both. [`VfioDevice`] is the boundary for one VFIO device fd, with
-//! [`KernelVfioDevice`] and [`FakeVfioDevice`]. The thin ioctl layers with all the
-//! `unsafe` are `sys` (iommufd, binding) and `vfio_sys` (VFIO device ioctls, mmaps).
+//! [`KernelVfioDevice`] (over vfio-ioctls) and [`FakeVfioDevice`]. The thin layers with all
+//! the `unsafe` are `sys` (iommufd, binding), `vfio_sys` (mmaps) and, in `vfio_kernel`, one
+//! small module per call vfio-ioctls lacks (GET_INFO's answer, RESET's result).
 //!
 //! With a guest-visible vSMMUv3 (aarch64), [`nested`] holds the nested-translation
 //! objects (stage-2 parent, vIOMMU, vDEVICE, nested HWPTs, vEVENTQ) and
@@ -65,6 +66,7 @@ pub mod reserved_regions;
 mod sys;
 pub mod vfio_cdev;
 pub mod vfio_device;
+mod vfio_kernel;
 pub mod vfio_pci;
 mod vfio_sys;
 
@@ -90,9 +92,9 @@ pub use hypervisor::{
 };
 pub use memlock::{MemlockError, MemlockLimit};
 pub use vfio_device::{
-    DeviceInfo, IrqInfo, KernelVfioDevice, MmapRange, RegionFlags, RegionInfo, VfioDevice,
-    VfioDeviceError,
+    DeviceInfo, IrqInfo, MmapRange, RegionFlags, RegionInfo, VfioDevice, VfioDeviceError,
 };
+pub use vfio_kernel::KernelVfioDevice;
 pub use vfio_pci::{InterruptGroupFactory, PciFunctionOptions, VfioPciError, VfioPciFunction};
 pub use vfio_sys::MmapArea;
 

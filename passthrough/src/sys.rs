@@ -1,14 +1,18 @@
 //! The ioctls `iommufd-ioctls` 0.4 does not wrap (or wraps unsoundly for our use), over the
 //! `iommufd-bindings` structs, plus the three VFIO cdev ioctls that bind and attach a
-//! device to an iommufd. This is the only module with `unsafe`.
+//! device to an iommufd. This is the only module of the iommufd side with `unsafe`.
 //!
 //! - `IOMMU_IOAS_IOVA_RANGES` and `IOMMU_IOAS_ALLOW_IOVAS`: missing from iommufd-ioctls.
 //! - `IOMMU_IOAS_MAP` and `IOMMU_IOAS_MAP_FILE`: iommufd-ioctls passes the command by
 //!   shared reference, but the kernel writes the chosen IOVA back into it; we pass
 //!   `&mut` so reading `iova` afterwards is sound.
 //! - `VFIO_DEVICE_{BIND_IOMMUFD,ATTACH_IOMMUFD_PT,DETACH_IOMMUFD_PT}` (uapi `vfio.h`): the
-//!   structs are declared here at the size the oldest cdev kernel (6.6) knows; newer
-//!   kernels accept them since they only require `argsz >= offsetofend(last known field)`.
+//!   [`crate::Iommufd`] backend binds and attaches by device id, before the device is used.
+//!   vfio-ioctls 0.10 binds only inside `VfioDevice::new_from_fd`, through its own
+//!   `VfioIommufd` (not our trait, so not the model either), and its `attach_hwpt` drops the
+//!   HWPT id the kernel writes back. The structs are declared here at the size the oldest
+//!   cdev kernel (6.6) knows; newer kernels accept them since they only require
+//!   `argsz >= offsetofend(last known field)`.
 //!
 //! Everything else (IOAS_ALLOC, UNMAP, HWPT_ALLOC, GET_HW_INFO, DESTROY) goes through
 //! iommufd-ioctls in [`crate::kernel`]. The few other unsafe calls the crate needs (page
