@@ -16,7 +16,9 @@
 //!
 //! Everything else (IOAS_ALLOC, UNMAP, HWPT_ALLOC, GET_HW_INFO, DESTROY) goes through
 //! iommufd-ioctls in [`crate::kernel`]. The few other unsafe calls the crate needs (page
-//! size, anonymous memory and memfds for the conformance suite) live here too.
+//! size, anonymous memory and memfds for the conformance suite, and `getrlimit`, which is
+//! not VFIO and so not in vfio-ioctls, for the RLIMIT_MEMLOCK check) live here too; the
+//! VFIO device side's are in `crate::vfio_kernel`.
 
 use std::ffi::CStr;
 use std::io;
@@ -249,6 +251,19 @@ pub(crate) fn vfio_device_detach_iommufd_pt(cdev: &impl AsRawFd) -> io::Result<(
     check(ret)
 }
 
+/// The soft `RLIMIT_MEMLOCK` in bytes, `None` if unlimited.
+pub(crate) fn memlock_limit() -> io::Result<Option<u64>> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct rlimit to the valid, exclusively borrowed
+    // `limit`. Return checked.
+    let ret = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    check(ret)?;
+    Ok((limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur))
+}
+
 /// `out_data_type` of an answered `IOMMU_GET_HW_INFO`.
 pub(crate) fn hw_info_out_type(info: &iommu_hw_info) -> u32 {
     // SAFETY: both members of the union are a plain `__u32`; any bit pattern is valid.
@@ -421,5 +436,6 @@ mod tests {
         assert!(fd.as_raw_fd() >= 0);
         let info = iommu_hw_info::default();
         assert_eq!(hw_info_out_type(&info), 0);
+        let _ = memlock_limit().unwrap();
     }
 }

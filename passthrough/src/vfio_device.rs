@@ -16,7 +16,7 @@ use std::os::fd::BorrowedFd;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vfio_sys::MmapArea;
+use crate::vfio_kernel::MmapArea;
 
 /// Region index of BAR 0 (BARs are 0..=5).
 pub const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;

@@ -9,7 +9,7 @@
 //! `VFIO_DEVICE_GET_IRQ_INFO` at once; region and interrupt questions are answered from
 //! what it kept, and `VFIO_DEVICE_SET_IRQS` goes through it. What vfio-ioctls lacks is one
 //! small module each: [`device_info`] (GET_INFO's answer), [`reset`] (RESET's result),
-//! [`region_io`] (region reads and writes that report failure), `crate::vfio_sys` (mmap of a
+//! [`region_io`] (region reads and writes that report failure), [`region_mmap`] (mmap of a
 //! region), [`bound_cdev`] (wrapping a cdev bound elsewhere).
 //!
 //! Fds per device, each closed once: the cdev as opened (closed with this value), the bound
@@ -24,6 +24,7 @@
 mod bound_cdev;
 mod device_info;
 mod region_io;
+mod region_mmap;
 mod reset;
 
 use std::fs::File;
@@ -39,8 +40,8 @@ use crate::vfio_device::{
     DeviceInfo, IrqInfo, MmapRange, RegionFlags, RegionInfo, Result, VfioDevice, VfioDeviceError,
     VfioOp,
 };
-use crate::vfio_sys::MmapArea;
 use region_io::Region;
+pub use region_mmap::MmapArea;
 
 /// A VFIO cdev (`/dev/vfio/devices/vfioN`). Closing it (drop) is the last step of
 /// unbinding the device.

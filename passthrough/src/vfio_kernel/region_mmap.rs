@@ -1,17 +1,12 @@
-//! The shared mappings of BAR regions and `getrlimit(RLIMIT_MEMLOCK)`: the `unsafe` left on
-//! the VFIO side of the crate besides `crate::vfio_kernel`'s calls vfio-ioctls lacks.
+//! [`MmapArea`]: an mmap of (part of) a device region, unmapped on drop.
+//!
+//! Missing upstream: vfio-ioctls 0.10 has no mmap of a region (callers map the device fd
+//! themselves at the region's offset; `get_region_offset` and the sparse-mmap capability
+//! say where). The fake devices hand out anonymous memory of the same type.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
-
-fn check(ret: i32) -> io::Result<()> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
 
 /// A shared mapping of (part of) a device region, or anonymous memory standing in for one
 /// in tests; unmapped on drop.
@@ -28,7 +23,7 @@ pub struct MmapArea {
 impl MmapArea {
     /// Maps `len` bytes of `fd` at file offset `offset`, shared (what `mmap` of a VFIO
     /// region needs), readable and, if `writable`, writable.
-    pub(crate) fn map_shared(
+    pub(super) fn map_shared(
         fd: BorrowedFd<'_>,
         offset: u64,
         len: u64,
@@ -119,19 +114,6 @@ impl Drop for MmapArea {
     }
 }
 
-/// The soft `RLIMIT_MEMLOCK` in bytes, `None` if unlimited.
-pub(crate) fn memlock_limit() -> io::Result<Option<u64>> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one struct rlimit to the valid, exclusively borrowed
-    // `limit`. Return checked.
-    let ret = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
-    check(ret)?;
-    Ok((limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,7 +121,7 @@ mod tests {
     use std::os::fd::AsFd;
 
     #[test]
-    fn mappings_and_limits() {
+    fn mappings() {
         let area = MmapArea::anonymous(0x2000).unwrap();
         assert_eq!(area.len(), 0x2000);
         assert!(!area.is_empty());
@@ -161,6 +143,5 @@ mod tests {
         assert_eq!(shared.len(), 0x1000);
         let null = File::open("/dev/null").unwrap();
         assert!(MmapArea::map_shared(null.as_fd(), 0, 0x1000, false).is_err());
-        let _ = memlock_limit().unwrap();
     }
 }
