@@ -272,9 +272,13 @@ impl VfioDeviceError {
 
 fn hint(op: &VfioOp, err: &io::Error) -> &'static str {
     match (op, err.raw_os_error()) {
-        (VfioOp::GetInfo | VfioOp::RegionInfo(_) | VfioOp::IrqInfo(_), Some(libc::EINVAL)) => {
+        // The kernel backend asks GET_INFO before anything else of a region or interrupt.
+        (VfioOp::GetInfo, Some(libc::EINVAL)) => {
             "; a VFIO cdev answers only once it is bound to an iommufd \
              (VFIO_DEVICE_BIND_IOMMUFD comes first)"
+        }
+        (VfioOp::RegionInfo(_) | VfioOp::IrqInfo(_), Some(libc::EINVAL)) => {
+            "; the device has no such region or interrupt index"
         }
         (_, Some(libc::ENODEV)) => {
             "; the device is gone: it was removed or unbound from vfio-pci while in use"
@@ -354,6 +358,8 @@ mod tests {
     fn messages_name_the_call_and_what_to_do() {
         let err = VfioDeviceError::errno(VfioOp::GetInfo, libc::EINVAL);
         assert!(err.to_string().contains("bound to an iommufd"), "{err}");
+        let err = VfioDeviceError::errno(VfioOp::IrqInfo(9), libc::EINVAL);
+        assert!(err.to_string().contains("no such region"), "{err}");
         let err = VfioDeviceError::errno(VfioOp::Reset, libc::EIO);
         assert!(err.to_string().contains("check dmesg"), "{err}");
         let op = VfioOp::SetIrqs {
