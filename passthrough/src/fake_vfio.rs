@@ -20,7 +20,7 @@ use crate::vfio_device::{
     DeviceInfo, IrqInfo, MmapRange, RegionFlags, RegionInfo, Result, VfioDevice, VfioDeviceError,
     VfioOp, VFIO_PCI_CONFIG_REGION_INDEX,
 };
-use crate::vfio_sys::MmapArea;
+use crate::vfio_kernel::MmapArea;
 
 /// A call of the [`VfioDevice`] trait, to fail on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

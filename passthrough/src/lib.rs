@@ -34,8 +34,9 @@
 //! (ioctls on `/dev/iommu` and the VFIO cdev) and [`ModelIommufd`] (in-process, the
 //! kernel's semantics and errnos, with fault injection). [`conformance`] is one suite run
 //! against both. [`VfioDevice`] is the boundary for one VFIO device fd, with
-//! [`KernelVfioDevice`] and [`FakeVfioDevice`]. The thin ioctl layers with all the
-//! `unsafe` are `sys` (iommufd, binding) and `vfio_sys` (VFIO device ioctls, mmaps).
+//! [`KernelVfioDevice`] (over vfio-ioctls) and [`FakeVfioDevice`]. The thin layers with all
+//! the `unsafe` are `sys` (iommufd, binding) and, in `vfio_kernel`, one small module per
+//! call vfio-ioctls lacks (GET_INFO's answer, RESET's result, region mmaps).
 //!
 //! With a guest-visible vSMMUv3 (aarch64), [`nested`] holds the nested-translation
 //! objects (stage-2 parent, vIOMMU, vDEVICE, nested HWPTs, vEVENTQ) and
@@ -65,8 +66,8 @@ pub mod reserved_regions;
 mod sys;
 pub mod vfio_cdev;
 pub mod vfio_device;
+mod vfio_kernel;
 pub mod vfio_pci;
-mod vfio_sys;
 
 pub use memory_map::{
     guard_ram, plan, Coverage, MemoryMap, MemoryMapError, MemoryMapRequest, RamRegion,
@@ -90,11 +91,10 @@ pub use hypervisor::{
 };
 pub use memlock::{MemlockError, MemlockLimit};
 pub use vfio_device::{
-    DeviceInfo, IrqInfo, KernelVfioDevice, MmapRange, RegionFlags, RegionInfo, VfioDevice,
-    VfioDeviceError,
+    DeviceInfo, IrqInfo, MmapRange, RegionFlags, RegionInfo, VfioDevice, VfioDeviceError,
 };
+pub use vfio_kernel::{KernelVfioDevice, MmapArea};
 pub use vfio_pci::{InterruptGroupFactory, PciFunctionOptions, VfioPciError, VfioPciFunction};
-pub use vfio_sys::MmapArea;
 
 pub use device_spec::{locate_all, DeviceSpec, DeviceSpecError, LocatedDevice};
 pub use passthrough_device::{

@@ -68,7 +68,7 @@ impl MemlockLimit {
 
     /// This process's limit and capability.
     pub fn current() -> io::Result<MemlockLimit> {
-        let limit = crate::vfio_sys::memlock_limit()?;
+        let limit = crate::sys::memlock_limit()?;
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         Ok(MemlockLimit {
             limit,

@@ -10,7 +10,8 @@
 //! 3. `VFIO_DEVICE_BIND_IOMMUFD` ([`crate::Iommufd::bind_device`]);
 //! 4. `VFIO_DEVICE_ATTACH_IOMMUFD_PT` to the VM's IOAS; `EADDRINUSE` here means the
 //!    device's reserved regions hit guest RAM already mapped, and the error says which;
-//! 5. `VFIO_DEVICE_GET_INFO` and `VFIO_DEVICE_RESET` if the device supports it;
+//! 5. `VFIO_DEVICE_GET_INFO` (where the kernel backend hands the bound cdev to vfio-ioctls)
+//!    and `VFIO_DEVICE_RESET` if the device supports it;
 //! 6. the [`VfioPciFunction`] (config space, BAR mmaps, interrupt group).
 //!
 //! Teardown: the function (interrupts off, memory slots removed, BARs unmapped), reset,
@@ -37,7 +38,8 @@ use crate::kernel::KernelIommufd;
 use crate::model::ModelDevice;
 use crate::ram_dma::{lock, SharedIommufd};
 use crate::reserved_regions::Sysfs;
-use crate::vfio_device::{KernelVfioDevice, VfioDevice, VfioDeviceError};
+use crate::vfio_device::{VfioDevice, VfioDeviceError};
+use crate::vfio_kernel::KernelVfioDevice;
 use crate::vfio_pci::{InterruptGroupFactory, PciFunctionOptions, VfioPciError, VfioPciFunction};
 
 /// A setup step, for errors and tests.

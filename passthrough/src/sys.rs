@@ -1,18 +1,24 @@
 //! The ioctls `iommufd-ioctls` 0.4 does not wrap (or wraps unsoundly for our use), over the
 //! `iommufd-bindings` structs, plus the three VFIO cdev ioctls that bind and attach a
-//! device to an iommufd. This is the only module with `unsafe`.
+//! device to an iommufd. This is the only module of the iommufd side with `unsafe`.
 //!
 //! - `IOMMU_IOAS_IOVA_RANGES` and `IOMMU_IOAS_ALLOW_IOVAS`: missing from iommufd-ioctls.
 //! - `IOMMU_IOAS_MAP` and `IOMMU_IOAS_MAP_FILE`: iommufd-ioctls passes the command by
 //!   shared reference, but the kernel writes the chosen IOVA back into it; we pass
 //!   `&mut` so reading `iova` afterwards is sound.
 //! - `VFIO_DEVICE_{BIND_IOMMUFD,ATTACH_IOMMUFD_PT,DETACH_IOMMUFD_PT}` (uapi `vfio.h`): the
-//!   structs are declared here at the size the oldest cdev kernel (6.6) knows; newer
-//!   kernels accept them since they only require `argsz >= offsetofend(last known field)`.
+//!   [`crate::Iommufd`] backend binds and attaches by device id, before the device is used.
+//!   vfio-ioctls 0.10 binds only inside `VfioDevice::new_from_fd`, through its own
+//!   `VfioIommufd` (not our trait, so not the model either), and its `attach_hwpt` drops the
+//!   HWPT id the kernel writes back. The structs are declared here at the size the oldest
+//!   cdev kernel (6.6) knows; newer kernels accept them since they only require
+//!   `argsz >= offsetofend(last known field)`.
 //!
 //! Everything else (IOAS_ALLOC, UNMAP, HWPT_ALLOC, GET_HW_INFO, DESTROY) goes through
 //! iommufd-ioctls in [`crate::kernel`]. The few other unsafe calls the crate needs (page
-//! size, anonymous memory and memfds for the conformance suite) live here too.
+//! size, anonymous memory and memfds for the conformance suite, and `getrlimit`, which is
+//! not VFIO and so not in vfio-ioctls, for the RLIMIT_MEMLOCK check) live here too; the
+//! VFIO device side's are in `crate::vfio_kernel`.
 
 use std::ffi::CStr;
 use std::io;
@@ -245,6 +251,19 @@ pub(crate) fn vfio_device_detach_iommufd_pt(cdev: &impl AsRawFd) -> io::Result<(
     check(ret)
 }
 
+/// The soft `RLIMIT_MEMLOCK` in bytes, `None` if unlimited.
+pub(crate) fn memlock_limit() -> io::Result<Option<u64>> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct rlimit to the valid, exclusively borrowed
+    // `limit`. Return checked.
+    let ret = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    check(ret)?;
+    Ok((limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur))
+}
+
 /// `out_data_type` of an answered `IOMMU_GET_HW_INFO`.
 pub(crate) fn hw_info_out_type(info: &iommu_hw_info) -> u32 {
     // SAFETY: both members of the union are a plain `__u32`; any bit pattern is valid.
@@ -417,5 +436,6 @@ mod tests {
         assert!(fd.as_raw_fd() >= 0);
         let info = iommu_hw_info::default();
         assert_eq!(hw_info_out_type(&info), 0);
+        let _ = memlock_limit().unwrap();
     }
 }

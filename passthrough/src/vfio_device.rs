@@ -1,6 +1,6 @@
 //! The [`VfioDevice`] trait: the hardware boundary for one VFIO device fd (regions,
-//! interrupts, reset), with the kernel backend [`KernelVfioDevice`] over a VFIO cdev and a
-//! fake ([`crate::FakeVfioDevice`]) behind the same trait.
+//! interrupts, reset), with the kernel backend [`crate::KernelVfioDevice`] (over vfio-ioctls,
+//! in `crate::vfio_kernel`) and a fake ([`crate::FakeVfioDevice`]) behind the same trait.
 //!
 //! A VFIO cdev answers region and interrupt ioctls only once it is bound to an iommufd
 //! (`VFIO_DEVICE_BIND_IOMMUFD`, see [`crate::Iommufd::bind_device`]); before that the
@@ -10,18 +10,13 @@
 //! Not here: what the regions mean (the PCI config space and BARs are interpreted by
 //! [`crate::vfio_pci`]), binding, and migration or dirty-page regions.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::Mutex;
+use std::os::fd::BorrowedFd;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vfio_sys::{self, MmapArea, REGION_INFO_SIZE};
+use crate::vfio_kernel::MmapArea;
 
 /// Region index of BAR 0 (BARs are 0..=5).
 pub const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;
@@ -31,9 +26,6 @@ pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
 pub const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
 /// Interrupt index of MSI-X.
 pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
-
-/// `VFIO_REGION_INFO_CAP_SPARSE_MMAP`.
-const CAP_SPARSE_MMAP: u16 = 1;
 
 /// What `VFIO_DEVICE_GET_INFO` says about a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +146,9 @@ pub enum VfioOp {
     DisableIrqs(u32),
     /// `VFIO_DEVICE_RESET`.
     Reset,
+    /// Wrapping the bound cdev in vfio-ioctls (which asks GET_INFO, every GET_REGION_INFO
+    /// and every GET_IRQ_INFO then).
+    Wrap,
     /// A read of a region.
     Read {
         /// Region.
@@ -202,6 +197,7 @@ impl fmt::Display for VfioOp {
                 write!(f, "VFIO_DEVICE_SET_IRQS disabling interrupt index {i}")
             }
             VfioOp::Reset => write!(f, "VFIO_DEVICE_RESET"),
+            VfioOp::Wrap => write!(f, "opening the bound VFIO cdev with vfio-ioctls"),
             VfioOp::Read { index, offset, len } => {
                 write!(f, "a {len}-byte read at {offset:#x} of region {index}")
             }
@@ -237,13 +233,30 @@ pub enum VfioDeviceError {
         /// The region's size.
         size: u64,
     },
-    /// The kernel's answer could not be understood.
-    #[error("{op} returned a malformed answer ({what}): the kernel and this VMM disagree on the VFIO uapi")]
-    Malformed {
+    /// vfio-ioctls refused a call without passing the kernel's errno on.
+    #[error("{op} failed: {}{}", chain(.source), library_hint(.op))]
+    Library {
         /// The call.
         op: VfioOp,
-        /// What was wrong.
-        what: &'static str,
+        /// vfio-ioctls' error (boxed: it is large).
+        source: Box<vfio_ioctls::VfioError>,
+    },
+    /// The kernel did not answer this when vfio-ioctls opened the device.
+    #[error(
+        "{op}: the kernel gave no answer when vfio-ioctls opened the device (its warning in \
+         the log then says why)"
+    )]
+    Unanswered {
+        /// The call.
+        op: VfioOp,
+    },
+    /// A call the backend cannot make.
+    #[error("{op} is not supported: {why}; this is a VMM bug")]
+    Unsupported {
+        /// The call.
+        op: VfioOp,
+        /// Why not.
+        why: &'static str,
     },
 }
 
@@ -259,9 +272,13 @@ impl VfioDeviceError {
 
 fn hint(op: &VfioOp, err: &io::Error) -> &'static str {
     match (op, err.raw_os_error()) {
-        (VfioOp::GetInfo | VfioOp::RegionInfo(_) | VfioOp::IrqInfo(_), Some(libc::EINVAL)) => {
+        // The kernel backend asks GET_INFO before anything else of a region or interrupt.
+        (VfioOp::GetInfo, Some(libc::EINVAL)) => {
             "; a VFIO cdev answers only once it is bound to an iommufd \
              (VFIO_DEVICE_BIND_IOMMUFD comes first)"
+        }
+        (VfioOp::RegionInfo(_) | VfioOp::IrqInfo(_), Some(libc::EINVAL)) => {
+            "; the device has no such region or interrupt index"
         }
         (_, Some(libc::ENODEV)) => {
             "; the device is gone: it was removed or unbound from vfio-pci while in use"
@@ -281,11 +298,33 @@ fn hint(op: &VfioOp, err: &io::Error) -> &'static str {
     }
 }
 
+/// `err` and its sources, `: `-separated (vfio-ioctls' messages leave their source out).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        next = e.source();
+    }
+    text
+}
+
+fn library_hint(op: &VfioOp) -> &'static str {
+    match op {
+        VfioOp::SetIrqs { .. } => {
+            "; vfio-ioctls does not pass the kernel's errno on: check dmesg (the host may not \
+             have that many interrupt vectors for the device)"
+        }
+        _ => "",
+    }
+}
+
 /// Result of VFIO device calls.
 pub type Result<T> = std::result::Result<T, VfioDeviceError>;
 
-/// One VFIO device fd: its regions, interrupts and reset. Object-safe; every method is one
-/// kernel call with the kernel's semantics.
+/// One VFIO device fd: its regions, interrupts and reset. Object-safe; every method has the
+/// kernel's semantics (one call, or the answer the kernel gave when the device was opened).
 pub trait VfioDevice: Send {
     /// `VFIO_DEVICE_GET_INFO`.
     fn info(&self) -> Result<DeviceInfo>;
@@ -311,346 +350,49 @@ pub trait VfioDevice: Send {
     fn fd(&self) -> BorrowedFd<'_>;
 }
 
-/// Parses a `VFIO_DEVICE_GET_REGION_INFO` answer (header plus capability chain).
-pub(crate) fn parse_region_info(index: u32, bytes: &[u8]) -> Result<RegionInfo> {
-    let op = VfioOp::RegionInfo(index);
-    let malformed = |what| VfioDeviceError::Malformed { op, what };
-    let u16_at = |off: usize| -> Option<u16> {
-        let b = bytes.get(off..off.checked_add(2)?)?;
-        Some(u16::from_ne_bytes([b[0], b[1]]))
-    };
-    let u32_at = |off: usize| -> Option<u32> {
-        let b = bytes.get(off..off.checked_add(4)?)?;
-        Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let u64_at = |off: usize| -> Option<u64> {
-        let b = bytes.get(off..off.checked_add(8)?)?;
-        let mut w = [0u8; 8];
-        w.copy_from_slice(b);
-        Some(u64::from_ne_bytes(w))
-    };
-    if bytes.len() < REGION_INFO_SIZE {
-        return Err(malformed("shorter than struct vfio_region_info"));
-    }
-    let flags = RegionFlags(u32_at(4).ok_or_else(|| malformed("no flags"))?);
-    let cap_offset = u32_at(12).ok_or_else(|| malformed("no cap_offset"))? as usize;
-    let size = u64_at(16).ok_or_else(|| malformed("no size"))?;
-    let mut sparse = None;
-    if flags.contains(RegionFlags::CAPS) && cap_offset != 0 {
-        let mut next = cap_offset;
-        // A chain longer than the buffer has entries must loop.
-        for _ in 0..bytes.len() / 8 {
-            let id = u16_at(next).ok_or_else(|| malformed("capability past the end"))?;
-            if id == CAP_SPARSE_MMAP {
-                let nr = u32_at(next + 8).ok_or_else(|| malformed("sparse mmap cut short"))?;
-                let mut areas = Vec::new();
-                for i in 0..nr as usize {
-                    let at = next + 16 + 16 * i;
-                    let offset = u64_at(at).ok_or_else(|| malformed("sparse area cut short"))?;
-                    let size = u64_at(at + 8).ok_or_else(|| malformed("sparse area cut short"))?;
-                    areas.push(MmapRange { offset, size });
-                }
-                sparse = Some(areas);
-            }
-            next = u32_at(next + 4).ok_or_else(|| malformed("capability cut short"))? as usize;
-            if next == 0 {
-                break;
-            }
-        }
-    }
-    Ok(RegionInfo {
-        index,
-        size,
-        flags,
-        sparse,
-    })
-}
-
-/// Where a region sits in the device fd.
-#[derive(Clone, Copy, Debug)]
-struct RegionGeometry {
-    offset: u64,
-    size: u64,
-    flags: RegionFlags,
-}
-
-/// A VFIO cdev (`/dev/vfio/devices/vfioN`), driven with ioctls, `pread`/`pwrite` and
-/// `mmap`. Closing it (drop) is the last step of unbinding the device.
-#[derive(Debug)]
-pub struct KernelVfioDevice {
-    file: File,
-    /// Region geometry, filled on first use (the kernel's layout never changes).
-    regions: Mutex<BTreeMap<u32, RegionGeometry>>,
-}
-
-impl KernelVfioDevice {
-    /// Opens the cdev at `path` read-write.
-    pub fn open(path: &Path) -> io::Result<KernelVfioDevice> {
-        let file = File::options().read(true).write(true).open(path)?;
-        Ok(KernelVfioDevice::from_fd(file.into()))
-    }
-
-    /// Wraps an open cdev fd.
-    pub fn from_fd(fd: OwnedFd) -> KernelVfioDevice {
-        KernelVfioDevice {
-            file: File::from(fd),
-            regions: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// A second fd for the same open file (what [`crate::Iommufd::bind_device`] takes).
-    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
-        self.file.as_fd().try_clone_to_owned()
-    }
-
-    fn geometry(&self, index: u32) -> Result<RegionGeometry> {
-        let mut regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(g) = regions.get(&index) {
-            return Ok(*g);
-        }
-        let op = VfioOp::RegionInfo(index);
-        let bytes = vfio_sys::device_get_region_info(&self.file, index)
-            .map_err(|source| VfioDeviceError::Failed { op, source })?;
-        let info = parse_region_info(index, &bytes)?;
-        let offset = bytes
-            .get(24..32)
-            .map(|b| {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(b);
-                u64::from_ne_bytes(w)
-            })
-            .ok_or(VfioDeviceError::Malformed {
-                op,
-                what: "no offset",
-            })?;
-        let g = RegionGeometry {
-            offset,
-            size: info.size,
-            flags: info.flags,
-        };
-        regions.insert(index, g);
-        Ok(g)
-    }
-
-    /// The fd offset of `offset..offset+len` in region `index`, bounds-checked.
-    fn file_offset(&self, op: VfioOp, index: u32, offset: u64, len: u64) -> Result<u64> {
-        let g = self.geometry(index)?;
-        let inside = offset.checked_add(len).is_some_and(|end| end <= g.size);
-        if !inside {
-            return Err(VfioDeviceError::OutOfRange { op, size: g.size });
-        }
-        g.offset
-            .checked_add(offset)
-            .ok_or(VfioDeviceError::OutOfRange { op, size: g.size })
-    }
-}
-
-impl VfioDevice for KernelVfioDevice {
-    fn info(&self) -> Result<DeviceInfo> {
-        let info =
-            vfio_sys::device_get_info(&self.file).map_err(|source| VfioDeviceError::Failed {
-                op: VfioOp::GetInfo,
-                source,
-            })?;
-        Ok(DeviceInfo {
-            flags: info.flags,
-            num_regions: info.num_regions,
-            num_irqs: info.num_irqs,
-        })
-    }
-
-    fn region_info(&self, index: u32) -> Result<RegionInfo> {
-        let op = VfioOp::RegionInfo(index);
-        let bytes = vfio_sys::device_get_region_info(&self.file, index)
-            .map_err(|source| VfioDeviceError::Failed { op, source })?;
-        parse_region_info(index, &bytes)
-    }
-
-    fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<()> {
-        let op = VfioOp::Read {
-            index,
-            offset,
-            len: data.len(),
-        };
-        let at = self.file_offset(op, index, offset, data.len() as u64)?;
-        self.file
-            .read_exact_at(data, at)
-            .map_err(|source| VfioDeviceError::Failed { op, source })
-    }
-
-    fn write(&self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
-        let op = VfioOp::Write {
-            index,
-            offset,
-            len: data.len(),
-        };
-        let at = self.file_offset(op, index, offset, data.len() as u64)?;
-        self.file
-            .write_all_at(data, at)
-            .map_err(|source| VfioDeviceError::Failed { op, source })
-    }
-
-    fn mmap(&self, index: u32, offset: u64, len: u64) -> Result<MmapArea> {
-        let op = VfioOp::Mmap { index, offset, len };
-        let at = self.file_offset(op, index, offset, len)?;
-        let writable = self.geometry(index)?.flags.contains(RegionFlags::WRITE);
-        MmapArea::map_shared(self.file.as_fd(), at, len, writable)
-            .map_err(|source| VfioDeviceError::Failed { op, source })
-    }
-
-    fn irq_info(&self, index: u32) -> Result<IrqInfo> {
-        let info = vfio_sys::device_get_irq_info(&self.file, index).map_err(|source| {
-            VfioDeviceError::Failed {
-                op: VfioOp::IrqInfo(index),
-                source,
-            }
-        })?;
-        Ok(IrqInfo {
-            flags: info.flags,
-            count: info.count,
-        })
-    }
-
-    fn set_irq_eventfds(&self, index: u32, start: u32, fds: &[&EventFd]) -> Result<()> {
-        let op = VfioOp::SetIrqs {
-            index,
-            start,
-            count: fds.len() as u32,
-        };
-        vfio_sys::device_set_irqs(&self.file, index, start, Some(fds))
-            .map_err(|source| VfioDeviceError::Failed { op, source })
-    }
-
-    fn disable_irqs(&self, index: u32) -> Result<()> {
-        vfio_sys::device_set_irqs(&self.file, index, 0, None).map_err(|source| {
-            VfioDeviceError::Failed {
-                op: VfioOp::DisableIrqs(index),
-                source,
-            }
-        })
-    }
-
-    fn reset(&self) -> Result<()> {
-        vfio_sys::device_reset(&self.file).map_err(|source| VfioDeviceError::Failed {
-            op: VfioOp::Reset,
-            source,
-        })
-    }
-
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn header(flags: u32, cap_offset: u32, size: u64, argsz: u32) -> Vec<u8> {
-        let mut b = Vec::new();
-        for v in [argsz, flags, 0, cap_offset] {
-            b.extend_from_slice(&v.to_ne_bytes());
-        }
-        b.extend_from_slice(&size.to_ne_bytes());
-        b.extend_from_slice(&(7u64 << 40).to_ne_bytes());
-        b
-    }
-
-    fn cap_header(id: u16, version: u16, next: u32) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&id.to_ne_bytes());
-        b.extend_from_slice(&version.to_ne_bytes());
-        b.extend_from_slice(&next.to_ne_bytes());
-        b
-    }
-
     #[test]
-    fn parses_a_sparse_mmap_capability_after_another() {
-        let flags = RegionFlags::READ.0 | RegionFlags::MMAP.0 | RegionFlags::CAPS.0;
-        let mut b = header(flags, 32, 0x4000, 88);
-        // MSIX_MAPPABLE (id 3, no data) at 32, then SPARSE_MMAP at 40.
-        b.extend(cap_header(3, 1, 40));
-        b.extend(cap_header(CAP_SPARSE_MMAP, 1, 0));
-        b.extend_from_slice(&2u32.to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes());
-        for (o, s) in [(0u64, 0x1000u64), (0x3000, 0x1000)] {
-            b.extend_from_slice(&o.to_ne_bytes());
-            b.extend_from_slice(&s.to_ne_bytes());
-        }
-        let info = parse_region_info(0, &b).unwrap();
-        assert_eq!(info.size, 0x4000);
-        assert_eq!(
-            info.mmap_ranges(),
-            vec![
-                MmapRange {
-                    offset: 0,
-                    size: 0x1000
-                },
-                MmapRange {
-                    offset: 0x3000,
-                    size: 0x1000
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn whole_region_or_nothing_without_sparse_areas() {
-        let mmap = RegionFlags::READ.0 | RegionFlags::MMAP.0;
-        let info = parse_region_info(2, &header(mmap, 0, 0x1000, 32)).unwrap();
-        assert_eq!(
-            info.mmap_ranges(),
-            vec![MmapRange {
-                offset: 0,
-                size: 0x1000
-            }]
-        );
-        let info = parse_region_info(2, &header(RegionFlags::READ.0, 0, 0x1000, 32)).unwrap();
-        assert!(info.mmap_ranges().is_empty());
-    }
-
-    #[test]
-    fn malformed_answers_are_errors_not_panics() {
-        assert!(parse_region_info(0, &[0u8; 8]).is_err());
-        let flags = RegionFlags::CAPS.0 | RegionFlags::MMAP.0;
-        // Capability offset past the end.
-        assert!(parse_region_info(0, &header(flags, 200, 0x1000, 32)).is_err());
-        // A capability chain that loops ends without hanging.
-        let mut b = header(flags, 32, 0x1000, 40);
-        b.extend(cap_header(9, 1, 32));
-        assert!(parse_region_info(0, &b).is_ok());
-        // Sparse areas cut short.
-        let mut b = header(flags, 32, 0x1000, 48);
-        b.extend(cap_header(CAP_SPARSE_MMAP, 1, 0));
-        b.extend_from_slice(&5u32.to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes());
-        let err = parse_region_info(0, &b).unwrap_err();
-        assert!(err.to_string().contains("sparse"), "{err}");
-    }
-
-    // Any file that is no VFIO device makes every ioctl fail with ENOTTY: this runs the
-    // kernel backend's marshalling and error paths without /dev/vfio.
-    #[test]
-    fn kernel_backend_reports_errors() {
-        let dev = KernelVfioDevice::from_fd(File::open("/dev/null").unwrap().into());
-        let enotty = Some(libc::ENOTTY);
-        let errno = |e: VfioDeviceError| match e {
-            VfioDeviceError::Failed { source, .. } => source.raw_os_error(),
-            _ => None,
-        };
-        assert_eq!(errno(dev.info().unwrap_err()), enotty);
-        assert_eq!(errno(dev.region_info(7).unwrap_err()), enotty);
-        assert_eq!(errno(dev.read(7, 0, &mut [0; 4]).unwrap_err()), enotty);
-        assert_eq!(errno(dev.write(7, 0, &[0; 4]).unwrap_err()), enotty);
-        assert_eq!(errno(dev.mmap(0, 0, 0x1000).unwrap_err()), enotty);
-        assert_eq!(errno(dev.irq_info(2).unwrap_err()), enotty);
-        assert_eq!(errno(dev.set_irq_eventfds(2, 0, &[]).unwrap_err()), enotty);
-        assert_eq!(errno(dev.disable_irqs(2).unwrap_err()), enotty);
-        let err = dev.reset().unwrap_err();
-        assert!(err.to_string().contains("check dmesg"), "{err}");
-        assert!(dev.try_clone_fd().is_ok());
-        let _ = dev.fd();
+    fn messages_name_the_call_and_what_to_do() {
         let err = VfioDeviceError::errno(VfioOp::GetInfo, libc::EINVAL);
         assert!(err.to_string().contains("bound to an iommufd"), "{err}");
+        let err = VfioDeviceError::errno(VfioOp::IrqInfo(9), libc::EINVAL);
+        assert!(err.to_string().contains("no such region"), "{err}");
+        let err = VfioDeviceError::errno(VfioOp::Reset, libc::EIO);
+        assert!(err.to_string().contains("check dmesg"), "{err}");
+        let op = VfioOp::SetIrqs {
+            index: 2,
+            start: 0,
+            count: 4,
+        };
+        let err = VfioDeviceError::Library {
+            op,
+            source: Box::new(vfio_ioctls::VfioError::VfioDeviceEnableIrq),
+        };
+        let text = err.to_string();
+        let want = "VFIO_DEVICE_SET_IRQS of 4 eventfds from vector 0 of interrupt index 2 \
+                    failed: failed to enable vfio device irq;";
+        assert!(text.starts_with(want), "{text}");
+        assert!(text.contains("check dmesg"), "{text}");
+        let err = VfioDeviceError::Unanswered {
+            op: VfioOp::IrqInfo(2),
+        };
+        assert!(err.to_string().contains("no answer"), "{err}");
+    }
+
+    #[test]
+    fn library_errors_keep_their_sources() {
+        let open = io::Error::from_raw_os_error(libc::ENOENT);
+        let err = VfioDeviceError::Library {
+            op: VfioOp::Wrap,
+            source: Box::new(vfio_ioctls::VfioError::NewVfioIommufd(
+                iommufd_ioctls::IommufdError::OpenIommufd(open),
+            )),
+        };
+        let text = err.to_string();
+        assert!(text.contains("failed to new VfioIommufd: "), "{text}");
+        assert!(text.ends_with("(os error 2)"), "{text}");
     }
 }

@@ -23,7 +23,7 @@ use devices::pci::{BarReprogram, PciBarConfig, PciBarKind};
 use crate::hypervisor::{GuestMemslots, MemslotId};
 use crate::iova::HostVirtAddr;
 use crate::vfio_device::{RegionInfo, VfioDevice};
-use crate::vfio_sys::MmapArea;
+use crate::vfio_kernel::MmapArea;
 
 /// One mmapped part of a BAR.
 #[derive(Debug)]
