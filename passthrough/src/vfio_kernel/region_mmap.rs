@@ -46,6 +46,11 @@ impl MmapArea {
                 offset,
             )
         };
+        MmapArea::owning(addr, len)
+    }
+
+    /// The mapping `mmap` returned (`addr`, `len` bytes), or its error.
+    fn owning(addr: *mut libc::c_void, len: usize) -> io::Result<MmapArea> {
         if addr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
@@ -72,14 +77,7 @@ impl MmapArea {
                 0,
             )
         };
-        if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(MmapArea {
-            addr: addr as usize,
-            len,
-            _guard: None,
-        })
+        MmapArea::owning(addr, len)
     }
 
     /// Ties `guard` to this mapping's lifetime (fakes count live mappings with it).
