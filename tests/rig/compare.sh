@@ -30,7 +30,10 @@
 # Table: medians, ratio ours/QEMU, the issue's target. RIG-RESULT: PASS only when every run of
 # both VMMs succeeded; a run of one VMM failing where the same case of the other passed gives a
 # line "compare: DIFFERENTIAL ...".
-# Other knobs on L1's command line: rig.compare_timeout= seconds per L2 run (default 240).
+# Other knobs on L1's command line: rig.compare_timeout= seconds per L2 run (default 240);
+# rig.compare_kinds= the boots per round, comma-separated (default plain,pt,hp), for a quicker
+# look at one case; rig.compare_ours_args= extra arguments for our VMM, comma-separated (e.g.
+# --memory-backing,anon), to attribute a gap to one choice of ours.
 . /rig/l1-lib.sh
 ARCH=$(uname -m)
 # L2 vCPUs: 2, but 1 on x86_64 (rig.compare_vcpus= overrides). With 2, a long x86 run loses
@@ -49,6 +52,12 @@ K=${K:-5}
 [ "$K" -ge 1 ] 2>/dev/null || K=5
 TMO=$(sed -n 's/.*rig\.compare_timeout=\([0-9]*\).*/\1/p' /proc/cmdline)
 TMO=${TMO:-240}
+KINDS=$(sed -n 's/.*rig\.compare_kinds=\([a-z,]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
+KINDS=${KINDS:-plain pt hp}
+for k in $KINDS; do
+    case "$k" in plain | pt | hp) ;; *) fail "rig.compare_kinds: unknown boot '$k' (plain, pt, hp)" ;; esac
+done
+OURS_ARGS=$(sed -n 's/.*rig\.compare_ours_args=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
 W=/tmp/compare
 DATA=$W/data
 rm -rf "$W"
@@ -206,6 +215,8 @@ run_one() {
     if [ "$vmm" = ours ]; then
         set -- /rig/vmm --kernel /rig/l2-kernel --initrd /rig/l2-initramfs.cpio.gz \
             --cmdline "$CON_OURS $extra" --vcpus "$VCPUS" --memory "${MEM_MB}M" --log-level info
+        # shellcheck disable=SC2086 # OURS_ARGS: one word per argument, by design
+        [ -n "$OURS_ARGS" ] && set -- "$@" $OURS_ARGS
         [ "$kind" = pt ] && set -- "$@" --device "path=/sys/bus/pci/devices/$BLK"
         [ "$kind" = hp ] && set -- "$@" --api-socket "$b.sock"
     else
@@ -301,8 +312,11 @@ run_one() {
             dm=$(sed -n 's/.*guest RAM mapped for DMA in \([0-9.]*\) ms.*/\1/p' "$b.err" | head -n1)
             record ours vcpus_ms "$vs"
             record ours attach_ms "$at"
+            pp=$(sed -n 's/.*page tables of .* populated in \([0-9.]*\) ms.*/\1/p' "$b.err" | head -n1)
             record ours dma_ms "$dm"
+            record ours populate_ms "$pp"
             line="$line; VMM log: vCPUs start ${vs:-?}ms, attach ${at:-?}ms, DMA map ${dm:-?}ms"
+            [ -n "$pp" ] && line="$line, page tables populated ${pp}ms"
         fi
     fi
     echo "$line"
@@ -311,12 +325,13 @@ run_one() {
 
 echo "compare: $ARCH, $K round(s), L2 ${VCPUS} vCPUs ${MEM_MB}M, virtio-blk $BLK passed through in the pt runs, ${TMO}s per run"
 echo "compare: $(/opt/qemu/bin/qemu --version 2>&1 | head -n1)"
+echo "compare: boots per round: $KINDS${OURS_ARGS:+; ours with extra arguments: $OURS_ARGS}"
 ok_runs=0
 failed_runs=0
 round=1
 while [ "$round" -le "$K" ]; do
     if [ $((round % 2)) = 1 ]; then order="ours qemu"; else order="qemu ours"; fi
-    for kind in plain pt hp; do
+    for kind in $KINDS; do
         res_ours="" res_qemu=""
         for vmm in $order; do
             if run_one "$vmm" "$kind" "$round"; then r=ok; ok_runs=$((ok_runs + 1))
@@ -367,6 +382,7 @@ row "3 start -> first L2 console line, passthrough (ms) [a]" first_ms_pt first_m
 row "3 start -> first guest instr. (ms) [b]" vcpus_ms first_ms_pt "<= 0.8"
 row "3   ours: devices attached in (ms)" attach_ms none ""
 row "3   ours: 512 MiB guest RAM mapped for DMA in (ms)" dma_ms none ""
+row "3   ours: its page tables populated in (ms, memfd only)" populate_ms none ""
 row "4 resident memory excl. guest RAM, no devices (MiB)" mem_mib_plain mem_mib_plain "<= 0.15"
 row "4 resident memory excl. guest RAM, passthrough (MiB)" mem_mib_pt mem_mib_pt "<= 0.15"
 row "5 L2 sequential read, passed-through virtio-blk (MB/s)" read_mbps read_mbps ">= 0.95"
