@@ -20,6 +20,10 @@
 #   RIG_TIMEOUT   hard timeout of the QEMU run in seconds (600)
 #   RIG_MEM       guest memory (2G)           RIG_SMP  vCPUs (aarch64 2, x86_64 1)
 #   RIG_TCG_THREAD  multi (default: one host thread per vCPU) or single (round-robin)
+#   RIG_L0_QEMU   x86_64: the QEMU emulating L1's machine: trixie-backports (default) or
+#                 trixie, Debian's build of that release bundled by l0-qemu.sh, or host (the
+#                 host's bookworm-backports QEMU 10.0.2, which loses L1's wake-ups: see
+#                 docs/rig-reliability.md, failure mode 4)
 #   x86_64 runs L1 with one vCPU by default: with two, QEMU's TCG emulating nested SVM loses
 #   about one L2 boot in four (L1 triple faults, L2 triple faults, L2 vCPUs never woken),
 #   for our VMM and for QEMU's alike: see docs/rig-reliability.md
@@ -86,7 +90,14 @@ case "$ARCH" in
         ;;
     x86_64)
         SMP=${RIG_SMP:-1}
-        QEMU=(qemu-system-x86_64
+        L0_QEMU=qemu-system-x86_64
+        if [ "${RIG_L0_QEMU:-trixie-backports}" != host ]; then
+            L0_ROOT=$(bash "$RIG_LIB_DIR/l0-qemu.sh" x86_64 "${RIG_L0_QEMU:-trixie-backports}") ||
+                rig_die "no L0 QEMU bundle (RIG_L0_QEMU=${RIG_L0_QEMU:-trixie-backports})"
+            L0_QEMU=$L0_ROOT/bin/qemu
+        fi
+        rig_log "x86_64: L0 $("$L0_QEMU" --version | head -n1)"
+        QEMU=("$L0_QEMU"
               -machine q35 -accel "tcg,thread=${RIG_TCG_THREAD:-multi}" -vga none
               -cpu max -smp "$SMP" -m "$MEM"
               -device intel-iommu,intremap=on
