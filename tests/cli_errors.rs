@@ -99,6 +99,15 @@ fn missing_kernel() {
         &vmm(&["--kernel", "/nonexistent/bzImage", "--memory", "64M"]),
         "/nonexistent/bzImage",
     );
+    // Checked before anything is set up: a device that would fail its probe is not reached.
+    let out = vmm(&[
+        "--kernel",
+        "/nonexistent/bzImage",
+        "--device",
+        "path=/nonexistent/0000:00:1f.0",
+    ]);
+    assert_error(&out, "--kernel /nonexistent/bzImage");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("0000:00:1f.0"));
 }
 
 #[test]
@@ -194,13 +203,19 @@ fn no_permission_on_dev_kvm() {
     let bin = scratch("vmm-bin");
     std::fs::copy(VMM, &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // And a kernel nobody can read (it is checked before /dev/kvm is opened).
+    let kernel = scratch("vmm-kernel");
+    std::fs::copy(TINY_GUEST_ELF64, &kernel).unwrap();
+    std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = Command::new(setpriv)
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&bin)
-        .args(["--kernel", "/nonexistent"])
+        .arg("--kernel")
+        .arg(&kernel)
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&bin);
+    let _ = std::fs::remove_file(&kernel);
     assert_error(&out, "no permission to open /dev/kvm");
 }
 
@@ -408,7 +423,14 @@ fn bad_passthrough_devices() {
 fn too_many_hotplug_slots() {
     require_kvm!();
     assert_error(
-        &vmm(&["--kernel", "k", "--memory", "64M", "--hotplug-slots", "9"]),
+        &vmm(&[
+            "--kernel",
+            TINY_GUEST_ELF64,
+            "--memory",
+            "64M",
+            "--hotplug-slots",
+            "9",
+        ]),
         "--hotplug-slots 9 is too many: at most 8",
     );
     let out = vmm(&["--kernel", "k", "--hotplug-slots", "-1"]);

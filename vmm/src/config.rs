@@ -71,6 +71,16 @@ pub enum ConfigError {
     /// A serial spec that is not stdio, off or file=PATH.
     #[error("invalid --serial '{0}': use stdio, off or file=PATH")]
     InvalidSerial(String),
+    /// The kernel or initrd cannot be read.
+    #[error("{flag} {path}: {why}; give the path of a readable file")]
+    BootFile {
+        /// The option that named it.
+        flag: &'static str,
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// A byte count that prints in the largest whole binary unit (512M, 2G, 1536M).
@@ -253,6 +263,31 @@ impl VmConfig {
         c
     }
 
+    /// Checks that the kernel and the initrd can be opened and are regular files (what is in
+    /// them is the loader's to judge). Called
+    /// before anything is set up, so a wrong path costs nothing (with passthrough, the DMA
+    /// map of guest RAM would come first otherwise).
+    pub fn check_boot_files(&self) -> Result<(), ConfigError> {
+        let files = [
+            ("--kernel", Some(&self.kernel)),
+            ("--initrd", self.initrd.as_ref()),
+        ];
+        for (flag, path) in files {
+            let Some(path) = path else { continue };
+            let err = |why: String| ConfigError::BootFile {
+                flag,
+                path: path.display().to_string(),
+                why,
+            };
+            let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+            let meta = file.metadata().map_err(|e| err(e.to_string()))?;
+            if !meta.is_file() {
+                return Err(err("not a regular file".to_string()));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the configuration against itself and the host's limits.
     pub fn validate(&self, host: &HostLimits) -> Result<(), ConfigError> {
         if self.hotplug_slots > MAX_HOTPLUG_SLOTS {
@@ -387,6 +422,47 @@ mod tests {
         );
         assert!("file=".parse::<SerialConfig>().is_err());
         assert!("tty".parse::<SerialConfig>().is_err());
+    }
+
+    #[test]
+    fn boot_files_must_be_readable_nonempty_regular_files() {
+        let dir = std::env::temp_dir().join(format!("vmm-bootfiles-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = dir.join("kernel");
+        std::fs::write(&kernel, b"\x7fELF").unwrap();
+        let empty = dir.join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        let mut c = cfg();
+        c.kernel = kernel.clone();
+        c.initrd = None;
+        assert_eq!(c.check_boot_files(), Ok(()));
+        c.kernel = dir.join("missing");
+        let e = c.check_boot_files().unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::BootFile { flag: "--kernel", why, .. } if why.contains("No such file")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("readable file"), "{e}");
+        c.kernel = dir.clone();
+        assert!(
+            matches!(c.check_boot_files(), Err(ConfigError::BootFile { why, .. }) if why.contains("not a regular file"))
+        );
+        c.kernel = kernel;
+        c.initrd = Some(empty);
+        assert_eq!(
+            c.check_boot_files(),
+            Ok(()),
+            "an empty initrd is the loader's to judge"
+        );
+        c.initrd = Some(dir.join("missing-initrd"));
+        assert!(matches!(
+            c.check_boot_files(),
+            Err(ConfigError::BootFile {
+                flag: "--initrd",
+                ..
+            })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
