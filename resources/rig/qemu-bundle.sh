@@ -145,11 +145,11 @@ qemu_bundle() {
         local -a pkgs
         mapfile -t pkgs < <(awk '/^Inst / { v = $3; sub(/^\(/, "", v); print $2 "=" v }' "$log")
         [ ${#pkgs[@]} -gt 0 ] || rig_die "qemu bundle: no packages in the simulated install ($log)"
-        # Firmware comes with recommends (seabios, ipxe-qemu): fetch them too when wanted.
+        # The firmware packages, when wanted, even where they are only recommended.
         if [ "$firmware" = yes ]; then
             local fw
             for fw in seabios ipxe-qemu; do
-                pkgs+=("$fw=$(qb_version "$name" "$debarch" "$rel" "$fw")")
+                grep -q "^Inst $fw " "$log" || pkgs+=("$fw=$(qb_version "$name" "$debarch" "$rel" "$fw")")
             done
         fi
         rig_log "qemu bundle $name: downloading ${#pkgs[@]} packages"
@@ -184,12 +184,21 @@ qemu_bundle() {
             $strip --strip-unneeded "$r/bin/$bin" "$r"/lib/*.so* || rig_die "qemu bundle: strip failed"
         fi
         if [ "$firmware" = yes ]; then
+            # Debian's QEMU also looks in /usr/share/seabios and /usr/lib/ipxe/qemu, which
+            # would be the host's files: the bundle's go into the -L directory it searches first.
             [ -d "$stage/usr/share/qemu" ] || rig_die "qemu bundle: no usr/share/qemu in the packages"
-            local p
-            for p in "$stage"/usr/share/qemu/*; do
-                [ -d "$p" ] && continue
-                f=$(qb_resolve "$stage" "$p") || continue # a link into a package not fetched
-                cp "$f" "$r/share/qemu/$(basename "$p")"
+            local p dir
+            for dir in usr/share/qemu usr/share/seabios usr/lib/ipxe/qemu; do
+                for p in "$stage/$dir"/*; do
+                    [ -e "$p" ] || [ -L "$p" ] || continue
+                    [ -d "$p" ] && continue
+                    f=$(qb_resolve "$stage" "$p") || continue # a link into a package not fetched
+                    cp "$f" "$r/share/qemu/$(basename "$p")"
+                done
+            done
+            # What q35 with -kernel and the rig's virtio NIC load (the one bundle with firmware).
+            for f in bios-256k.bin linuxboot_dma.bin kvmvapic.bin efi-virtio.rom; do
+                [ -f "$r/share/qemu/$f" ] || rig_die "qemu bundle: no firmware $f in the packages"
             done
         fi
         cat >"$r/bin/qemu" <<WRAP

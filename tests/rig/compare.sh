@@ -58,6 +58,9 @@ for k in $KINDS; do
     case "$k" in plain | pt | hp) ;; *) fail "rig.compare_kinds: unknown boot '$k' (plain, pt, hp)" ;; esac
 done
 OURS_ARGS=$(sed -n 's/.*rig\.compare_ours_args=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
+# rig.compare_qemu_trace=1: QEMU logs each IOMMU_IOAS_MAP with its completion time (the
+# lines go to the run's log), to see where its passthrough set-up spends time.
+QTRACE=$(sed -n 's/.*rig\.compare_qemu_trace=\([01]\).*/\1/p' /proc/cmdline)
 W=/tmp/compare
 DATA=$W/data
 rm -rf "$W"
@@ -224,6 +227,7 @@ run_one() {
             -nodefaults -no-user-config -display none -monitor none -serial stdio -no-reboot \
             -kernel /rig/l2-kernel -initrd /rig/l2-initramfs.cpio.gz -append "$CON_QEMU $extra"
         [ "$kind" = pt ] && set -- "$@" -object iommufd,id=ifd0 -device "vfio-pci,host=$BLK,iommufd=ifd0"
+        [ "$kind" = pt ] && [ "$QTRACE" = 1 ] && set -- "$@" -msg timestamp=on -trace iommufd_backend_map_dma
         if [ "$kind" = hp ]; then
             mkfifo "$b.qmp.in" "$b.qmp.out"
             set -- "$@" -object iommufd,id=ifd0 -device pcie-root-port,id=rp1,chassis=1 \
@@ -244,6 +248,7 @@ run_one() {
           sleep 10 && kill -9 "$p" 2>/dev/null ) &
     wd=$!
     t0=$(uptime_s)
+    [ "$QTRACE" = 1 ] && t0w=$(date +%s.%N)
     # sh -c writes its PID and execs the VMM (the QEMU wrapper execs ld.so in turn), so
     # BASE.pid is the VMM's PID. Its stdin stays L1's console, as in run_l2.
     ( sh -c 'echo $$ >"$0"; exec "$@"' "$b.pid" "$@" 2>"$b.err"
@@ -302,6 +307,10 @@ run_one() {
     fi
     line="compare: round $round $vmm $kind: ok, init up ${boot}s, first console line ${fl}ms"
     [ -n "$rss_kb" ] && line="$line, Rss ${rss_kb}kB (guest RAM mapping ${ram_size_kb}kB, ${ram_rss_kb}kB resident)"
+    if [ "$kind" = pt ] && [ "$vmm" = qemu ] && [ "$QTRACE" = 1 ]; then
+        echo "compare: QEMU's IOAS maps (completion times; QEMU spawned at $t0w):"
+        grep iommufd_backend_map_dma "$b.err" | sed 's/^/compare:   /'
+    fi
     if [ "$kind" = pt ]; then
         record "$vmm" read_mbps "$rd"
         record "$vmm" write_mbps "$wr"
