@@ -32,10 +32,18 @@ echo "passthrough: $(l2_vmm) exited with status $STATUS after $(awk "BEGIN{print
 [ "$STATUS" = 0 ] || fail "$(l2_vmm) exited with status $STATUS"
 get() { sed -n "s/^L2-REPORT $1=//p" /tmp/l2.log | tr -d '\r' | head -1; }
 # --memory-backing auto: a memfd pinned by file where the kernel has IOMMU_IOAS_MAP_FILE
-# (6.13+), anonymous memory elsewhere.
+# (6.13+), anonymous memory elsewhere, and where transparent huge pages are on for anonymous
+# memory but not for shmem.
 if [ "$(l2_vmm)" = vmm ]; then
     KV=$(uname -r | awk -F. '{print $1 * 1000 + $2}')
-    if [ "$KV" -ge 6013 ]; then WANT="memfd, IOMMU_IOAS_MAP_FILE"; else WANT="anonymous, IOMMU_IOAS_MAP"; fi
+    THP=/sys/kernel/mm/transparent_hugepage
+    THP_ANON_ONLY=no
+    if grep -qE '\[(always|madvise)\]' "$THP/enabled" 2>/dev/null &&
+        ! grep -qE '\[(always|within_size|advise|force)\]' "$THP/shmem_enabled" 2>/dev/null; then
+        THP_ANON_ONLY=yes
+    fi
+    echo "passthrough: kernel $(uname -r), THP for anonymous memory only: $THP_ANON_ONLY"
+    if [ "$KV" -ge 6013 ] && [ "$THP_ANON_ONLY" = no ]; then WANT="memfd, IOMMU_IOAS_MAP_FILE"; else WANT="anonymous, IOMMU_IOAS_MAP"; fi
     grep -q "mapped for DMA in .* ($WANT" /tmp/l2.log ||
         fail "guest RAM not pinned as '$WANT' on $(uname -r): $(grep -o 'mapped for DMA in .*' /tmp/l2.log)"
     echo "passthrough: guest RAM $(grep -o 'mapped for DMA in .*' /tmp/l2.log | head -1)"
