@@ -61,6 +61,10 @@ OURS_ARGS=$(sed -n 's/.*rig\.compare_ours_args=\([^ ]*\).*/\1/p' /proc/cmdline |
 # rig.compare_qemu_trace=1: QEMU logs each IOMMU_IOAS_MAP with its completion time (the
 # lines go to the run's log), to see where its passthrough set-up spends time.
 QTRACE=$(sed -n 's/.*rig\.compare_qemu_trace=\([01]\).*/\1/p' /proc/cmdline)
+# rig.compare_settle=N: seconds between two runs (default 1), for the previous VMM's teardown
+# (unpinning, IOMMU unmaps) to finish before the next one starts.
+SETTLE=$(sed -n 's/.*rig\.compare_settle=\([0-9]*\).*/\1/p' /proc/cmdline)
+SETTLE=${SETTLE:-1}
 W=/tmp/compare
 DATA=$W/data
 rm -rf "$W"
@@ -227,7 +231,8 @@ run_one() {
             -nodefaults -no-user-config -display none -monitor none -serial stdio -no-reboot \
             -kernel /rig/l2-kernel -initrd /rig/l2-initramfs.cpio.gz -append "$CON_QEMU $extra"
         [ "$kind" = pt ] && set -- "$@" -object iommufd,id=ifd0 -device "vfio-pci,host=$BLK,iommufd=ifd0"
-        [ "$kind" = pt ] && [ "$QTRACE" = 1 ] && set -- "$@" -msg timestamp=on -trace iommufd_backend_map_dma
+        [ "$kind" != plain ] && [ "$QTRACE" = 1 ] && set -- "$@" -msg timestamp=on -trace 'iommufd_*' -trace 'vfio_listener_region_add_ram'
+
         if [ "$kind" = hp ]; then
             mkfifo "$b.qmp.in" "$b.qmp.out"
             set -- "$@" -object iommufd,id=ifd0 -device pcie-root-port,id=rp1,chassis=1 \
@@ -292,6 +297,10 @@ run_one() {
     if [ -n "$rss_kb" ] && [ "${ram_size_kb:-0}" -gt 0 ]; then
         record "$vmm" "mem_mib_$kind" "$(awk "BEGIN { printf \"%.1f\", ($rss_kb - $ram_rss_kb) / 1024 }")"
     fi
+    if [ "$kind" != plain ] && [ "$vmm" = qemu ] && [ "$QTRACE" = 1 ]; then
+        echo "compare: QEMU's IOAS maps (completion times; QEMU spawned at $t0w):"
+        grep -E 'iommufd_|vfio_listener' "$b.err" | grep -v 'size=0x[0-9a-f]\{1,5\} ' | head -n 12 | sed 's/^/compare:   /'
+    fi
     if [ "$kind" = hp ]; then
         # Call -> L2 sees it, from the driver's "call_*" and the console's stamps.
         t() { sed -n "s/^$1=//p" "$b.t" | head -n1; }
@@ -307,10 +316,6 @@ run_one() {
     fi
     line="compare: round $round $vmm $kind: ok, init up ${boot}s, first console line ${fl}ms"
     [ -n "$rss_kb" ] && line="$line, Rss ${rss_kb}kB (guest RAM mapping ${ram_size_kb}kB, ${ram_rss_kb}kB resident)"
-    if [ "$kind" = pt ] && [ "$vmm" = qemu ] && [ "$QTRACE" = 1 ]; then
-        echo "compare: QEMU's IOAS maps (completion times; QEMU spawned at $t0w):"
-        grep iommufd_backend_map_dma "$b.err" | sed 's/^/compare:   /'
-    fi
     if [ "$kind" = pt ]; then
         record "$vmm" read_mbps "$rd"
         record "$vmm" write_mbps "$wr"
@@ -364,7 +369,7 @@ while [ "$round" -le "$K" ]; do
             if run_one "$vmm" "$kind" "$round"; then r=ok; ok_runs=$((ok_runs + 1))
             else r=failed; failed_runs=$((failed_runs + 1)); fi
             if [ "$vmm" = ours ]; then res_ours=$r; else res_qemu=$r; fi
-            sleep 1
+            sleep "$SETTLE"
         done
         if [ "$res_ours" != "$res_qemu" ]; then
             if [ "$res_ours" = failed ]; then
