@@ -251,6 +251,23 @@ mod tests {
         v.iter().filter(|b| **b & 1 != 0).count()
     }
 
+    /// Whether MADV_POPULATE_READ makes a fresh memfd page resident on this host (it does on
+    /// Linux 5.14+; qemu-user answers 0 and does nothing).
+    fn populate_works() -> bool {
+        let m = create_guest_memory(&[(GuestAddress(0), 2 * MIB)], MemoryBackend::Memfd, false)
+            .unwrap();
+        let r = m.iter().next().unwrap();
+        // SAFETY: the region is a live mapping of r.len() bytes.
+        let ret = unsafe {
+            libc::madvise(
+                r.as_ptr().cast(),
+                r.len() as usize,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+        ret == 0 && resident_pages(r) > 0
+    }
+
     #[test]
     fn populate_fills_every_region_on_one_or_several_threads() {
         for threads in [1, 3] {
@@ -268,6 +285,13 @@ mod tests {
             assert!(before < 8, "{before} pages resident before populating");
             let bytes = populate_page_tables(&m, threads).unwrap();
             assert_eq!(bytes, 8 * MIB as u64);
+            if !populate_works() {
+                eprintln!(
+                    "SKIPPED residency check: MADV_POPULATE_READ succeeds but populates nothing \
+                     here (qemu-user accepts and ignores madvise advice)"
+                );
+                continue;
+            }
             let after: Vec<usize> = m.iter().map(resident_pages).collect();
             assert_eq!(
                 after,
