@@ -144,7 +144,8 @@ fn auto_backend(may_pass_through: bool, hugetlb: bool) -> MemoryBackend {
             .unwrap_or(false)
     };
     let backend = choose_backend(may_pass_through, hugetlb, thp, map_file);
-    if may_pass_through && backend == MemoryBackend::Anonymous && thp.anon && !thp.shmem {
+    // Said when THP decided it (choose_backend's first rule), not when MAP_FILE is missing.
+    if may_pass_through && !hugetlb && thp.anon && !thp.shmem {
         log::info!(
             "guest RAM: anonymous memory, whose transparent huge pages pin and map faster than \
              a memfd's small pages (shmem_enabled is off on this host)"
